@@ -1,0 +1,195 @@
+"""``run_imputation``: one call from a table with holes to a completed table."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+from .exceptions import NothingMissingWarning
+
+__all__ = ["run_imputation", "ImputationResult"]
+
+logger = logging.getLogger(__name__)
+
+#: Trials and seconds of the small search behind ``model="auto"``.
+AUTO_TRIALS = 12
+AUTO_TIME_BUDGET = 120.0
+
+
+@dataclass
+class ImputationResult:
+    """What :func:`run_imputation` returns.
+
+    Attributes
+    ----------
+    imputed
+        The completed data: same index, columns and dtypes; observed cells untouched.
+    imputer
+        The fitted :class:`~ciss_autoimpute.Imputer` (``imputer.transform(new_rows)``).
+    model
+        The family that was fitted (``"cissvae"``, ...).
+    validation_error
+        Holdout error of the kept model (lower is better); ``nan`` when nothing was missing.
+    study
+        The Optuna study behind ``model="auto"``, else ``None``.
+    history
+        Training history of the kept model.
+    """
+
+    imputed: Any
+    imputer: Any
+    model: str | None
+    validation_error: float
+    study: Any = None
+    history: dict[str, list] = field(default_factory=dict)
+
+
+def run_imputation(
+    data: Any,
+    *,
+    model: str = "auto",
+    seed: int = 0,
+    device: str | None = None,
+    time_budget: float | None = None,
+    n_trials: int | None = None,
+    model_params: Mapping[str, Any] | None = None,
+    train_params: Mapping[str, Any] | None = None,
+    clusters: Any = None,
+    n_clusters: int | None = None,
+    val_proportion: float = 0.1,
+    column_kinds: Mapping[Any, str] | None = None,
+    columns_ignore: Sequence[Any] | None = None,
+    storage: Any = None,
+    study_name: str | None = None,
+    show_progress: bool = False,
+) -> ImputationResult:
+    """Impute every missing cell of ``data`` with good defaults.
+
+    Parameters
+    ----------
+    data
+        DataFrame, numpy array or torch tensor; NaN, None and ``pd.NA`` mean missing.
+    model
+        ``"auto"`` runs a small, time-bounded search over the ``quick`` preset (all
+        families); a family name (``"cissvae"``, ``"vae"``, ``"miwae"``,
+        ``"notmiwae"``) fits that family once with its defaults and ``model_params``.
+    seed
+        Seed of everything random; the same seed gives the same result on CPU.
+    device
+        ``None`` picks CUDA when available.
+    time_budget
+        Seconds for ``model="auto"`` (default 120); trials stop when it runs out.
+    n_trials
+        Trials for ``model="auto"`` (default 12).
+    model_params, train_params
+        Family hyperparameters and training settings for a single fit.
+    clusters, n_clusters, val_proportion, column_kinds, columns_ignore
+        As in :class:`~ciss_autoimpute.ClusterDataset`.
+    storage, study_name
+        Where the ``auto`` study is kept (default in memory).
+    show_progress
+        Show a progress bar over trials.
+
+    Returns
+    -------
+    ImputationResult
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> from ciss_autoimpute import run_imputation
+    >>> rng = np.random.default_rng(0)
+    >>> df = pd.DataFrame(rng.normal(size=(80, 3)), columns=list("abc"))
+    >>> df.iloc[::4, 1] = np.nan
+    >>> res = run_imputation(df, model="vae", train_params={"epochs": 5, "max_loops": 1}, device="cpu")
+    >>> int(res.imputed.isna().sum().sum())
+    0
+    """
+    from .data.checks import check_frame, to_frame
+    from .data.dataset import ClusterDataset
+    from .imputer import Imputer, _like_input
+    from .models.registry import available_models
+
+    frame = to_frame(data, argument="data")
+    if not isinstance(model, str) or (model != "auto" and model not in available_models()):
+        raise ValueError(f"model must be 'auto' or one of {available_models()}, got {model!r}.")
+    if time_budget is not None and (not isinstance(time_budget, (int, float)) or time_budget <= 0):
+        raise ValueError(f"time_budget must be a positive number of seconds or None, got {time_budget!r}.")
+    if model != "auto" and (n_trials is not None or time_budget is not None):
+        raise ValueError(
+            f"n_trials and time_budget apply to model='auto' only; model={model!r} fits once. "
+            "Drop them or use model='auto'."
+        )
+    if model == "auto" and (model_params is not None or train_params is not None):
+        raise ValueError(
+            "model_params and train_params apply to a single family; pass model='cissvae' (or another family) "
+            "or tune with autotune(SearchSpace(...), ...)."
+        )
+    check_frame(frame)
+    if not frame.isna().to_numpy().any():
+        warnings.warn(
+            "The data has no missing cell; returning an unchanged copy.", NothingMissingWarning, stacklevel=2
+        )
+        return ImputationResult(
+            imputed=_like_input(data, frame.copy()), imputer=None, model=None, validation_error=float("nan")
+        )
+
+    dataset = ClusterDataset(
+        frame,
+        clusters=clusters,
+        n_clusters=n_clusters,
+        val_proportion=val_proportion,
+        columns_ignore=columns_ignore,
+        seed=seed,
+        device=device,
+        column_kinds=column_kinds,
+    )
+    if model == "auto":
+        from .training.callbacks import TimeBudget
+        from .tuning import SearchSpace, autotune
+
+        budget = float(time_budget) if time_budget is not None else AUTO_TIME_BUDGET
+        tuned = autotune(
+            SearchSpace.preset("quick"),
+            dataset,
+            n_trials=n_trials if n_trials is not None else AUTO_TRIALS,
+            timeout=budget,
+            storage=storage,
+            study_name=study_name,
+            seed=seed,
+            show_progress=show_progress,
+            trial_callbacks=[TimeBudget(budget)],
+        )
+        imputer = tuned.imputer
+        return ImputationResult(
+            imputed=_like_input(data, tuned.imputed),
+            imputer=imputer,
+            model=imputer.model,
+            validation_error=float(tuned.best_value),
+            study=tuned.study,
+            history=tuned.history,
+        )
+
+    imputer = Imputer(
+        model=model,
+        model_params=model_params,
+        train_params=train_params,
+        n_clusters=n_clusters,
+        val_proportion=val_proportion,
+        column_kinds=column_kinds,
+        columns_ignore=columns_ignore,
+        seed=seed,
+        device=device,
+    )
+    imputer.fit_dataset(dataset)
+    return ImputationResult(
+        imputed=_like_input(data, imputer.fit_imputed_.copy()),
+        imputer=imputer,
+        model=model,
+        validation_error=float(imputer.best_score_),
+        history=imputer.history_,
+    )

@@ -1,0 +1,439 @@
+"""``Imputer``: a scikit-learn transformer around one fitted model."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.base import BaseEstimator, TransformerMixin
+
+from . import __version__
+from .exceptions import ModelFileError, NotFittedError
+
+__all__ = ["Imputer"]
+
+logger = logging.getLogger(__name__)
+
+_FORMAT = "ciss_autoimpute.imputer"
+_FORMAT_VERSION = 1
+
+
+def _checksum(config_json: str, state: Mapping[str, torch.Tensor]) -> str:
+    h = hashlib.sha256(config_json.encode("utf-8"))
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        h.update(key.encode("utf-8"))
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
+
+
+class Imputer(TransformerMixin, BaseEstimator):
+    """Fill missing cells with one model family; impute new rows after ``fit``.
+
+    Parameters
+    ----------
+    model
+        A registered family name (``"cissvae"``, ``"vae"``, ``"miwae"``, ``"notmiwae"``;
+        see :func:`ciss_autoimpute.available_models`).
+    model_params
+        Hyperparameters of the family; anything left out takes the family's default.
+    train_params
+        Flat dict of :class:`~ciss_autoimpute.training.TrainConfig` and
+        :class:`~ciss_autoimpute.training.RefitConfig` fields.
+    n_clusters
+        KMeans clusters on the missingness pattern; ``None`` uses Leiden.
+    clustering
+        Leiden options (:class:`~ciss_autoimpute.ClusteringOptions` fields as a dict).
+    val_proportion
+        Share of observed cells held out to choose the best refit loop.
+    column_kinds
+        Per-column kind overrides (``"numeric"``, ``"binary"``, ``"categorical"``).
+    columns_ignore
+        Columns kept out of clustering and of the holdout.
+    replacement_value
+        Starting value of missing cells on the encoded scale.
+    transform_iterations
+        Rounds of impute-and-refill used on new rows in :meth:`transform`.
+    seed
+        Seed of clustering, holdout, initial weights and batching.
+    device
+        ``None`` picks CUDA when available.
+
+    Attributes
+    ----------
+    model_ : ImputationModel
+        The fitted model (best refit loop).
+    schema_ : Schema
+        Column kinds and encoding learned by ``fit``.
+    history_ : dict
+        ``{"epochs": [...], "loops": [...]}`` plain records of training.
+    best_score_ : float
+        Validation error of the kept state (lower is better).
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> rng = np.random.default_rng(0)
+    >>> df = pd.DataFrame(rng.normal(size=(80, 3)), columns=list("abc"))
+    >>> df.iloc[::5, 0] = np.nan
+    >>> imp = Imputer(model="vae", train_params={"epochs": 5, "max_loops": 1}, device="cpu")
+    >>> out = imp.fit_transform(df)
+    >>> bool(out.isna().any().any())
+    False
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str = "cissvae",
+        model_params: Mapping[str, Any] | None = None,
+        train_params: Mapping[str, Any] | None = None,
+        n_clusters: int | None = None,
+        clustering: Mapping[str, Any] | None = None,
+        val_proportion: float = 0.1,
+        column_kinds: Mapping[Any, str] | None = None,
+        columns_ignore: Sequence[Any] | None = None,
+        replacement_value: float = 0.0,
+        transform_iterations: int = 5,
+        seed: int = 0,
+        device: str | None = None,
+    ) -> None:
+        self.model = model
+        self.model_params = model_params
+        self.train_params = train_params
+        self.n_clusters = n_clusters
+        self.clustering = clustering
+        self.val_proportion = val_proportion
+        self.column_kinds = column_kinds
+        self.columns_ignore = columns_ignore
+        self.replacement_value = replacement_value
+        self.transform_iterations = transform_iterations
+        self.seed = seed
+        self.device = device
+
+    # ------------------------------------------------------------------ sklearn
+    def __sklearn_tags__(self):  # type: ignore[override]
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        tags.non_deterministic = False
+        return tags
+
+    def _check_params(self) -> None:
+        from .models.registry import get_model_class
+        from .training import configs_from_dict
+
+        cls = get_model_class(self.model)
+        if self.model_params is not None and not isinstance(self.model_params, Mapping):
+            raise TypeError(f"model_params must be a dict or None, got {type(self.model_params).__name__}.")
+        cls.resolve_params(dict(self.model_params or {}))
+        if self.train_params is not None and not isinstance(self.train_params, Mapping):
+            raise TypeError(f"train_params must be a dict or None, got {type(self.train_params).__name__}.")
+        configs_from_dict(dict(self.train_params or {}))
+        ti = self.transform_iterations
+        if isinstance(ti, bool) or not isinstance(ti, (int, np.integer)) or ti < 1:
+            raise ValueError(f"transform_iterations must be an integer >= 1, got {ti!r}.")
+
+    def fit(self, X: Any, y: Any = None, *, clusters: Any = None, callbacks: Sequence[Any] = ()) -> "Imputer":
+        """Cluster, hold out, train with the impute-refit loop and keep the best state.
+
+        Parameters
+        ----------
+        X
+            DataFrame, array or tensor with missing cells (NaN / None / ``pd.NA``).
+        y
+            Ignored.
+        clusters
+            Optional cluster label per row; otherwise rows are clustered on missingness.
+        callbacks
+            Extra training callbacks (progress, pruning, time budget).
+        """
+        from .data.dataset import ClusterDataset
+
+        self._check_params()
+        ds = ClusterDataset(
+            X,
+            clusters=clusters,
+            n_clusters=self.n_clusters,
+            val_proportion=self.val_proportion,
+            columns_ignore=self.columns_ignore,
+            replacement_value=self.replacement_value,
+            seed=self.seed,
+            device=self.device,
+            column_kinds=self.column_kinds,
+            clustering=self.clustering,
+        )
+        return self.fit_dataset(ds, callbacks=callbacks)
+
+    def fit_dataset(self, dataset: Any, *, callbacks: Sequence[Any] = ()) -> "Imputer":
+        """Fit on an existing :class:`~ciss_autoimpute.ClusterDataset` (its clusters and holdout)."""
+        from .models.registry import build_model
+        from .training import Trainer, configs_from_dict
+
+        self._check_params()
+        train_cfg, refit_cfg = configs_from_dict(dict(self.train_params or {}))
+        model = build_model(
+            self.model, dataset.layout, dataset.n_clusters, dict(self.model_params or {}), seed=self.seed
+        )
+        trainer = Trainer(
+            model, train_cfg, refit_cfg, callbacks=list(callbacks), seed=self.seed, device=dataset.device
+        )
+        result = trainer.fit(dataset.data)
+        self._set_fitted(dataset, result.model, result.imputed, result)
+        return self
+
+    def _set_fitted(self, dataset: Any, model: Any, imputed: torch.Tensor, result: Any) -> None:
+        """Store the learned state (shared by ``fit`` and by ``autotune``'s best trial)."""
+        from .clustering import fit_assigner
+
+        self.model_ = model.eval()
+        self.schema_ = dataset.schema
+        self.n_clusters_ = int(dataset.n_clusters)
+        self.cluster_labels_ = list(dataset.cluster_labels_)
+        self.columns_ignore_ = sorted(dataset.columns_ignore, key=str)
+        if dataset.clustering is not None:
+            self.assigner_ = dataset.clustering.assigner
+        else:
+            self.assigner_ = fit_assigner(self._cluster_mask(dataset.missing_mask_columns), dataset.clusters)
+        self.n_features_in_ = len(dataset.columns)
+        if all(isinstance(c, str) for c in dataset.columns):
+            self.feature_names_in_ = np.asarray(list(dataset.columns), dtype=object)
+        self.columns_ = list(dataset.columns)
+        self.history_ = {
+            "epochs": list(getattr(result, "epoch_history", []) or []),
+            "loops": list(getattr(result, "loop_history", []) or []),
+        }
+        score = getattr(result, "best_score", None)
+        self.best_score_ = float(getattr(score, "total", score)) if score is not None else float("nan")
+        self.best_loop_ = getattr(result, "best_loop", None)
+        self.fit_imputed_ = dataset.decode(imputed)
+        self.fit_clusters_ = np.asarray(dataset.clusters).copy()
+
+    def _cluster_mask(self, missing_cols: np.ndarray) -> np.ndarray:
+        keep = np.array([c not in set(self.columns_ignore_) for c in self.columns_], dtype=bool) if hasattr(
+            self, "columns_"
+        ) else np.ones(missing_cols.shape[1], dtype=bool)
+        return missing_cols[:, keep]
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise NotFittedError(
+                "This Imputer is not fitted yet; call fit(X) (or use autotune(...).imputer) before transform."
+            )
+
+    def transform(self, X: Any, *, clusters: Any = None) -> Any:
+        """Impute the missing cells of new rows with the fitted model.
+
+        Rows are assigned to the fitted missingness clusters (or to ``clusters`` when
+        given, using the labels seen in ``fit``). Observed cells come back unchanged.
+        The result has the type of ``X`` (DataFrame, ndarray or tensor).
+        """
+        from .data.checks import check_same_columns, to_frame
+        from .training import impute_all
+
+        self._check_fitted()
+        frame = to_frame(X, argument="X")
+        if isinstance(X, pd.DataFrame):
+            check_same_columns(frame, self.columns_)
+        elif frame.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {frame.shape[1]} columns but the Imputer was fitted on {self.n_features_in_}; "
+                "pass the same columns in the same order."
+            )
+        else:
+            frame.columns = self.columns_
+        if len(frame) == 0:
+            raise ValueError("X has no rows; pass at least one row to transform.")
+        values, observed = self.schema_.encode(frame)
+        if not (~observed).any():
+            return _like_input(X, frame.copy())
+        labels = self._assign(frame, clusters)
+        dev = next(self.model_.parameters()).device
+        vals = torch.from_numpy(np.nan_to_num(values, nan=0.0)).to(dev)
+        obs = torch.from_numpy(observed).to(dev)
+        lab = torch.from_numpy(labels).to(dev)
+        x = torch.where(obs, vals, torch.full_like(vals, float(self.replacement_value)))
+        gen_seed = int(self.seed)
+        for _ in range(int(self.transform_iterations)):
+            imp = impute_all(self.model_, x, obs, lab, seed=gen_seed)
+            x = torch.where(obs, vals, imp)
+        out = self.schema_.decode(x.cpu().numpy(), frame)
+        return _like_input(X, out)
+
+    def _assign(self, frame: pd.DataFrame, clusters: Any) -> np.ndarray:
+        n = len(frame)
+        if clusters is not None:
+            arr = np.asarray(clusters, dtype=object).ravel()
+            if len(arr) != n:
+                raise ValueError(f"clusters has {len(arr)} labels but X has {n} rows; give one label per row.")
+            lookup = {lab: i for i, lab in enumerate(self.cluster_labels_)}
+            unknown = sorted({repr(v) for v in arr if v not in lookup})
+            if unknown:
+                raise ValueError(
+                    f"clusters holds label(s) {unknown[:5]} not seen in fit; known labels are "
+                    f"{self.cluster_labels_[:20]}. Leave clusters=None to assign rows automatically."
+                )
+            return np.array([lookup[v] for v in arr], dtype=np.int64)
+        if self.n_clusters_ == 1:
+            return np.zeros(n, dtype=np.int64)
+        missing = self.schema_.missing_matrix(frame)
+        return np.asarray(self.assigner_.predict(self._cluster_mask(missing)), dtype=np.int64)
+
+    def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> Any:
+        """Fit, then return the imputation of ``X`` from the kept (best) refit loop."""
+        self.fit(X, y, **fit_params)
+        return _like_input(X, self.fit_imputed_.copy())
+
+    def sample(self, X: Any, n: int = 5, *, seed: int = 0) -> list[pd.DataFrame]:
+        """``n`` completed copies of ``X`` drawn from the model (multiple imputation)."""
+        from .data.checks import to_frame
+
+        self._check_fitted()
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {n!r}.")
+        frame = to_frame(X, argument="X")
+        if not isinstance(X, pd.DataFrame):
+            frame.columns = self.columns_
+        base = self.transform(frame)
+        values, observed = self.schema_.encode(frame)
+        filled, _ = self.schema_.encode(base)
+        labels = self._assign(frame, None)
+        dev = next(self.model_.parameters()).device
+        gen = torch.Generator(device=dev).manual_seed(int(seed))
+        with torch.no_grad():
+            draws = self.model_.sample_imputations(
+                torch.from_numpy(filled).to(dev),
+                torch.from_numpy(observed).to(dev),
+                torch.from_numpy(labels).to(dev),
+                int(n),
+                generator=gen,
+            )
+        return [self.schema_.decode(d.cpu().numpy(), frame) for d in draws]
+
+    # ------------------------------------------------------------------ persistence
+    def _config(self) -> dict[str, Any]:
+        return {
+            "estimator_params": _jsonable(self.get_params()),
+            "model": self.model_.config(),
+            "schema": self.schema_.to_dict(),
+            "assigner": self.assigner_.to_dict(),
+            "n_clusters": self.n_clusters_,
+            "cluster_labels": _jsonable(self.cluster_labels_),
+            "columns_ignore": _jsonable(self.columns_ignore_),
+            "best_score": self.best_score_,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted imputer to one file: a JSON config plus the weights.
+
+        No Python objects are pickled; :meth:`load` reads it back with
+        ``torch.load(weights_only=True)`` and checks its integrity.
+        """
+        self._check_fitted()
+        path = Path(path)
+        config_json = json.dumps(self._config(), sort_keys=True)
+        state = {k: v.detach().cpu().clone() for k, v in self.model_.state_dict().items()}
+        payload = {
+            "format": _FORMAT,
+            "format_version": _FORMAT_VERSION,
+            "package_version": __version__,
+            "config": config_json,
+            "state_dict": state,
+            "checksum": _checksum(config_json, state),
+        }
+        torch.save(payload, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str | None = None) -> "Imputer":
+        """Read an imputer written by :meth:`save`.
+
+        Raises
+        ------
+        ModelFileError
+            The file is not an imputer file, comes from another format version, or its
+            contents do not match their checksum (corrupted or tampered with).
+        """
+        from .clustering import assigner_from_dict
+        from .data.dataset import resolve_device
+        from .data.layout import FeatureLayout
+        from .data.schema import Schema
+        from .models.registry import build_model
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"No imputer file at {str(path)!r}.")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ModelFileError(
+                f"{str(path)!r} is not a readable ciss_autoimpute imputer file ({type(exc).__name__}); "
+                "save one with Imputer.save()."
+            ) from None
+        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+            raise ModelFileError(f"{str(path)!r} is not a ciss_autoimpute imputer file; save one with Imputer.save().")
+        if payload.get("format_version") != _FORMAT_VERSION:
+            raise ModelFileError(
+                f"{str(path)!r} was written in imputer format {payload.get('format_version')!r} by ciss_autoimpute "
+                f"{payload.get('package_version')!r}; this is format {_FORMAT_VERSION} (ciss_autoimpute {__version__}). "
+                "Load it with that version, or refit."
+            )
+        config_json, state = payload.get("config"), payload.get("state_dict")
+        if not isinstance(config_json, str) or not isinstance(state, dict):
+            raise ModelFileError(f"{str(path)!r} is missing its config or weights; the file is damaged.")
+        if _checksum(config_json, state) != payload.get("checksum"):
+            raise ModelFileError(
+                f"{str(path)!r} does not match its checksum: it was corrupted or modified after saving. "
+                "Use the original file or refit."
+            )
+        cfg = json.loads(config_json)
+        imp = cls(**cfg["estimator_params"])
+        if device is not None:
+            imp.device = device
+        mcfg = cfg["model"]
+        model = build_model(
+            mcfg["name"], FeatureLayout.from_dict(mcfg["layout"]), mcfg["n_clusters"], mcfg["params"], seed=imp.seed
+        )
+        model.load_state_dict(state)
+        model.to(resolve_device(imp.device)).eval()
+        imp.model_ = model
+        imp.schema_ = Schema.from_dict(cfg["schema"])
+        imp.assigner_ = assigner_from_dict(cfg["assigner"])
+        imp.n_clusters_ = int(cfg["n_clusters"])
+        imp.cluster_labels_ = list(cfg["cluster_labels"])
+        imp.columns_ignore_ = list(cfg["columns_ignore"])
+        imp.columns_ = list(imp.schema_.columns)
+        imp.n_features_in_ = len(imp.columns_)
+        if all(isinstance(c, str) for c in imp.columns_):
+            imp.feature_names_in_ = np.asarray(imp.columns_, dtype=object)
+        imp.best_score_ = float(cfg["best_score"])
+        imp.history_ = {"epochs": [], "loops": []}
+        return imp
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types (tuples as lists, numpy scalars as Python numbers)."""
+    return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else list(o)))
+
+
+def _like_input(X: Any, frame: pd.DataFrame) -> Any:
+    """Return ``frame`` in the container type the user passed."""
+    if isinstance(X, pd.DataFrame):
+        return frame
+    if isinstance(X, torch.Tensor):
+        return torch.as_tensor(frame.to_numpy(dtype=np.float64), dtype=X.dtype if X.is_floating_point() else torch.float64)
+    if isinstance(X, np.ndarray):
+        if X.dtype.kind in "fiub":
+            return frame.to_numpy(dtype=np.float64 if X.dtype.kind in "iub" else X.dtype)
+        return frame.to_numpy()
+    return frame

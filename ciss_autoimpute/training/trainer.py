@@ -1,0 +1,555 @@
+"""The one training loop: initial masked training, then the impute-refit loop.
+
+The procedure follows CISS-VAE:
+
+1. **Initial training.** ``TrainConfig.epochs`` epochs of mini-batch Adam on the
+   encoded data, the loss reading only the training cells (observed, not held out).
+2. **Loop 0.** Impute every row in one batched no-grad pass and score the held-out
+   cells (:func:`~ciss_autoimpute.training.metrics.validation_score`).
+3. **Refit loops 1..max_loops.** Replace the missing and held-out cells of the input
+   with the current imputations (training cells keep their values), train
+   ``epochs_per_loop`` more epochs, impute again and score. The best-scoring loop's
+   weights and imputations are kept; the loop ends after ``patience`` loops without
+   improvement, at ``max_loops``, or when a callback asks to stop.
+
+The optimiser and the learning-rate schedule are created once per ``fit`` and live
+through both phases; a refit only adjusts the learning rate or the decay factor in
+place. Held-out values (``EncodedData.x_val``) are read by the metric only, never by
+the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..data.layout import EncodedData
+from ..exceptions import TrainingDivergedError
+from ..models.base import ImputationModel
+from .callbacks import Callback, History, history_frame
+from .config import RefitConfig, TrainConfig
+from .metrics import MetricWeights, ValidationScore, held_out_counts, validation_score
+
+__all__ = ["Trainer", "TrainResult", "impute_all", "resolve_device"]
+
+_LOGGER = logging.getLogger("ciss_autoimpute.training")
+
+#: Rows per chunk of a no-grad imputation pass: large enough to be one pass on small
+#: data, small enough to bound memory on large data.
+IMPUTE_CHUNK_ROWS = 8192
+
+_HOOKS = ("on_fit_start", "on_epoch_end", "on_loop_end", "on_fit_end")
+
+# Keys of an epoch record that a model's loss parts must not overwrite.
+_EPOCH_KEYS = frozenset({"phase", "loop", "epoch", "loss", "lr", "val", "seconds"})
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"cuda"`` when available and ``device`` is ``None``, else ``torch.device(device)``."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be None, a string or a torch.device, got {type(device).__name__}.")
+    try:
+        return torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"Unknown device {device!r}; pass 'cpu', 'cuda', 'cuda:0' or None for automatic.") from err
+
+
+def impute_all(
+    model: ImputationModel,
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    clusters: torch.Tensor,
+    batch_size: int = IMPUTE_CHUNK_ROWS,
+    *,
+    generator: torch.Generator | None = None,
+    keep_observed: bool = True,
+) -> torch.Tensor:
+    """Single imputations of every row, in chunks, without gradients.
+
+    Parameters
+    ----------
+    model
+        A trained model; it is put in eval mode for the pass and restored afterwards.
+    x, mask, clusters
+        Encoded values ``[n, d]``, the cells the model may read ``[n, d]`` and cluster
+        ids ``[n]``, on the model's device.
+    batch_size
+        Rows per chunk (>= 1).
+    generator
+        Source of randomness for models whose imputation samples (importance-weighted
+        families).
+    keep_observed
+        Return ``x`` where ``mask`` is true and the imputations elsewhere (default);
+        ``False`` returns the model's output for every cell.
+
+    Returns
+    -------
+    torch.Tensor
+        float ``[n, d]`` on the device of ``x``.
+    """
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    n = x.shape[0]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            chunks = [
+                model.impute(x[s:s + batch_size], mask[s:s + batch_size], clusters[s:s + batch_size],
+                             generator=generator)
+                for s in range(0, n, batch_size)
+            ]
+    finally:
+        model.train(was_training)
+    out = torch.cat(chunks, dim=0) if chunks else x.new_empty(x.shape)
+    out = out.to(dtype=x.dtype)
+    if keep_observed:
+        out = torch.where(mask, x, out)
+    return out
+
+
+@dataclass
+class TrainResult:
+    """Everything a :meth:`Trainer.fit` run produced.
+
+    Attributes
+    ----------
+    model
+        The trained model with the best state loaded.
+    best_state
+        Deep copy of the best loop's ``state_dict`` (on the training device).
+    imputed
+        float ``[n, d]`` encoded values of the best loop: ``data.x`` on training cells,
+        the model's imputations on missing and held-out cells.
+    best_score
+        :class:`ValidationScore` of the best loop.
+    best_loop
+        Index of the best loop (0 = right after initial training).
+    epoch_history
+        One record per epoch (see :class:`Trainer`).
+    loop_history
+        One record per loop, loop 0 first.
+    n_epochs
+        Epochs trained in total.
+    seconds
+        Wall time of the whole fit.
+    stop_reason
+        ``"no_refit"`` (``max_loops == 0``), ``"max_loops"``, ``"patience"``, or the
+        reason a callback passed to :meth:`Trainer.request_stop`.
+    """
+
+    model: ImputationModel
+    best_state: dict[str, torch.Tensor]
+    imputed: torch.Tensor
+    best_score: ValidationScore
+    best_loop: int
+    epoch_history: list[dict[str, Any]] = field(default_factory=list)
+    loop_history: list[dict[str, Any]] = field(default_factory=list)
+    n_epochs: int = 0
+    seconds: float = 0.0
+    stop_reason: str = ""
+
+    def epoch_frame(self):
+        """:attr:`epoch_history` as a pandas DataFrame."""
+        return history_frame(self.epoch_history)
+
+    def loop_frame(self):
+        """:attr:`loop_history` as a pandas DataFrame."""
+        return history_frame(self.loop_history)
+
+
+class Trainer:
+    """Trains an :class:`~ciss_autoimpute.models.base.ImputationModel` on encoded data.
+
+    Parameters
+    ----------
+    model
+        The model to train (moved to ``device`` and trained in place).
+    train_config
+        Initial-training options.
+    refit_config
+        Impute-refit loop options.
+    callbacks
+        :class:`Callback` instances (or objects with the same four hooks), called in
+        order after the trainer's own :class:`History`.
+    seed
+        Seed of the ``torch.Generator`` behind batch order and every sample the model
+        draws. Same seed, same result on CPU.
+    device
+        ``None`` picks ``"cuda"`` when available, else ``"cpu"``.
+    metric_weights
+        Weights of the validation metric (default equal weights).
+
+    Attributes
+    ----------
+    optimizer, scheduler
+        The Adam optimiser and ``ExponentialLR`` schedule of the current run (created
+        once per :meth:`fit`).
+    epoch, loop
+        Epochs trained so far in this run, and the current loop (0 during initial
+        training).
+    best_score, best_loop, loops_since_improvement
+        State of the refit patience rule.
+    history
+        A :class:`History` of the latest run.
+
+    Notes
+    -----
+    Epoch records hold ``phase`` (``"initial"`` or ``"refit"``), ``loop``, ``epoch``
+    (1-based, counted over the whole run), ``loss`` (row-weighted mean over the epoch),
+    the model's loss parts (e.g. ``nll``, ``kl``), ``lr`` (the rate used during the
+    epoch), ``val`` (only when scored, see ``TrainConfig.val_every``) and ``seconds``.
+    Loop records hold ``loop``, ``val`` and the other fields of
+    :meth:`ValidationScore.to_dict` (``per_cluster``, ``numeric_rmse``, ...),
+    ``improved``, ``best_loop``, ``best_val``, ``loops_since_improvement``, ``epochs``
+    (trained in that loop), ``lr`` and ``seconds``.
+
+    Examples
+    --------
+    >>> from ciss_autoimpute.training import Trainer, TrainConfig, RefitConfig
+    >>> trainer = Trainer(model, TrainConfig(epochs=100), RefitConfig(max_loops=5), seed=0)  # doctest: +SKIP
+    >>> result = trainer.fit(encoded)  # doctest: +SKIP
+    >>> result.best_loop, result.best_score.total  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: ImputationModel,
+        train_config: TrainConfig = TrainConfig(),
+        refit_config: RefitConfig = RefitConfig(),
+        *,
+        callbacks: Sequence[Callback] = (),
+        seed: int = 0,
+        device: str | torch.device | None = None,
+        metric_weights: MetricWeights | None = None,
+    ) -> None:
+        if not isinstance(model, ImputationModel):
+            raise TypeError(
+                f"model must be an ImputationModel, got {type(model).__name__}; "
+                "build one with ciss_autoimpute.models.registry.build_model."
+            )
+        if not isinstance(train_config, TrainConfig):
+            raise TypeError(f"train_config must be a TrainConfig, got {type(train_config).__name__}.")
+        if not isinstance(refit_config, RefitConfig):
+            raise TypeError(f"refit_config must be a RefitConfig, got {type(refit_config).__name__}.")
+        if isinstance(callbacks, Callback):
+            callbacks = (callbacks,)
+        callbacks = tuple(callbacks)
+        for cb in callbacks:
+            # Subclassing Callback is the norm; any object with all four hooks also works.
+            missing = [h for h in _HOOKS if not callable(getattr(cb, h, None))]
+            if not isinstance(cb, Callback) and missing:
+                raise TypeError(
+                    f"callbacks must be Callback instances, got {type(cb).__name__} (missing {missing}); "
+                    "subclass ciss_autoimpute.training.Callback."
+                )
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+        if metric_weights is not None and not isinstance(metric_weights, MetricWeights):
+            raise TypeError(f"metric_weights must be a MetricWeights or None, got {type(metric_weights).__name__}.")
+
+        self.model = model
+        self.train_config = train_config
+        self.refit_config = refit_config
+        self.callbacks = callbacks
+        self.seed = seed
+        self.device = resolve_device(device)
+        self.metric_weights = metric_weights if metric_weights is not None else MetricWeights()
+
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.ExponentialLR | None = None
+        self.generator: torch.Generator | None = None
+        self.history = History()
+        self._reset_run_state()
+
+    # ------------------------------------------------------------------ control
+    def _reset_run_state(self) -> None:
+        self.epoch = 0
+        self.loop = 0
+        self.best_score: ValidationScore | None = None
+        self.best_loop = 0
+        self.loops_since_improvement = 0
+        self._stop_reason: str | None = None
+
+    def request_stop(self, reason: str = "callback") -> None:
+        """Ask the run to end gracefully after the current epoch (best state kept).
+
+        The current loop is still scored, so its weights can win. ``reason`` becomes
+        :attr:`TrainResult.stop_reason`; the first request wins.
+        """
+        if self._stop_reason is None:
+            self._stop_reason = str(reason)
+
+    @property
+    def should_stop(self) -> bool:
+        """True once :meth:`request_stop` has been called in this run."""
+        return self._stop_reason is not None
+
+    # ------------------------------------------------------------------ checks
+    def _check_data(self, data: EncodedData) -> None:
+        if not isinstance(data, EncodedData):
+            raise TypeError(
+                f"Trainer.fit expects an EncodedData, got {type(data).__name__}; "
+                "encode your table first (ClusterDataset does this)."
+            )
+        n, d = data.n_rows, data.x.shape[1] if data.x.dim() == 2 else -1
+        if data.x.dim() != 2 or n == 0:
+            raise ValueError(f"data.x must be a non-empty 2-D tensor, got shape {tuple(data.x.shape)}.")
+        expected = self.model.layout.n_features
+        if d != expected:
+            raise ValueError(
+                f"data has {d} encoded columns but the model was built for {expected}; "
+                "build the model from this data's layout."
+            )
+        ml, dl = self.model.layout, data.layout
+        if (ml.numeric, ml.binary, ml.categorical) != (dl.numeric, dl.binary, dl.categorical):
+            raise ValueError(
+                "data.layout does not match the model's layout (numeric/binary/categorical columns differ); "
+                "build the model from this data's layout."
+            )
+        for name in ("observed", "train_mask", "val_mask", "x_val"):
+            t = getattr(data, name)
+            if tuple(t.shape) != (n, d):
+                raise ValueError(f"data.{name} has shape {tuple(t.shape)}, expected {(n, d)}.")
+        for name in ("observed", "train_mask", "val_mask"):
+            if getattr(data, name).dtype != torch.bool:
+                raise TypeError(f"data.{name} must be a bool tensor, got {getattr(data, name).dtype}.")
+        if not data.x.is_floating_point():
+            raise TypeError(f"data.x must be a float tensor, got {data.x.dtype}.")
+        if tuple(data.clusters.shape) != (n,):
+            raise ValueError(f"data.clusters has shape {tuple(data.clusters.shape)}, expected ({n},).")
+        if data.clusters.dtype != torch.long:
+            raise TypeError(f"data.clusters must be an int64 tensor, got {data.clusters.dtype}; use .long().")
+        lo, hi = int(data.clusters.min()), int(data.clusters.max())
+        if lo < 0 or hi >= self.model.n_clusters or hi >= data.n_clusters:
+            raise ValueError(
+                f"data.clusters holds ids {lo}..{hi} but the model has n_clusters={self.model.n_clusters} "
+                f"and the data n_clusters={data.n_clusters}; ids must lie in 0..n_clusters-1."
+            )
+        if not bool(torch.isfinite(data.x).all()):
+            raise ValueError(
+                "data.x contains NaN or infinite values; missing cells must hold the finite replacement value."
+            )
+        if self.refit_config.max_loops > 0:
+            counts = held_out_counts(data.val_mask, data.layout)
+            w = self.metric_weights
+            weighted = w.numeric * counts["numeric"] + w.binary * counts["binary"] + w.categorical * counts["categorical"]
+            if weighted <= 0:
+                raise ValueError(
+                    f"The impute-refit loop (max_loops={self.refit_config.max_loops}) selects the best loop on "
+                    f"held-out cells, but the data holds none that the metric weights count ({counts}); "
+                    "hold out some observed cells (val_proportion > 0) or pass RefitConfig(max_loops=0)."
+                )
+
+    # ------------------------------------------------------------------ training
+    def _run_epoch(self, x: torch.Tensor, mask: torch.Tensor, clusters: torch.Tensor,
+                   phase: str) -> dict[str, Any]:
+        """One pass over all rows in a random order; returns the epoch record."""
+        start = time.perf_counter()
+        model, opt, gen = self.model, self.optimizer, self.generator
+        assert opt is not None and self.scheduler is not None and gen is not None
+        n = x.shape[0]
+        bs = self.train_config.batch_size
+        clip = self.train_config.grad_clip
+        lr = float(opt.param_groups[0]["lr"])
+        model.train()
+        perm = torch.randperm(n, generator=gen, device=self.device)
+        # Sums stay on the device; one synchronisation per epoch, not per batch.
+        loss_sum = torch.zeros((), device=self.device)
+        part_sums: dict[str, torch.Tensor] = {}
+        for s in range(0, n, bs):
+            idx = perm[s:s + bs]
+            out = model.loss(x[idx], mask[idx], clusters[idx], generator=gen)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            if clip is not None:
+                nn.utils.clip_grad_norm_(self._params, clip)
+            opt.step()
+            rows = idx.numel()
+            loss_sum += out.loss.detach() * rows
+            for k, v in out.parts.items():
+                v = v.detach().to(self.device, torch.float32).reshape(())
+                part_sums[k] = part_sums[k] + v * rows if k in part_sums else v * rows
+        self.epoch += 1
+        values = torch.stack([loss_sum, *part_sums.values()]).div(n).tolist()
+        loss = values[0]
+        if not math.isfinite(loss):
+            raise TrainingDivergedError(
+                f"The training loss became {loss} in epoch {self.epoch} ({phase} phase, loop {self.loop}) "
+                f"at learning rate {lr:.3g}; lower TrainConfig.lr, enable TrainConfig.grad_clip "
+                "(e.g. 5.0) or check the data scaling."
+            )
+        record: dict[str, Any] = {"phase": phase, "loop": self.loop, "epoch": self.epoch, "loss": loss}
+        for k, v in zip(part_sums, values[1:]):
+            record[f"part_{k}" if k in _EPOCH_KEYS else k] = v
+        record["lr"] = lr
+        self.scheduler.step()
+        record["seconds"] = time.perf_counter() - start
+        return record
+
+    def _impute(self, data: EncodedData, x_current: torch.Tensor) -> torch.Tensor:
+        """Training cells from ``data.x``, the model's imputations everywhere else."""
+        imp = impute_all(
+            self.model, x_current, data.train_mask, data.clusters,
+            max(IMPUTE_CHUNK_ROWS, self.train_config.batch_size), generator=self.generator,
+        )
+        # x_current equals data.x on training cells; take data.x explicitly anyway so
+        # observed values can never drift through repeated refits.
+        imp = torch.where(data.train_mask, data.x, imp)
+        if not bool(torch.isfinite(imp).all()):
+            raise TrainingDivergedError(
+                f"The model produced NaN or infinite imputations after epoch {self.epoch} (loop {self.loop}); "
+                "lower TrainConfig.lr or enable TrainConfig.grad_clip (e.g. 5.0)."
+            )
+        return imp
+
+    def _notify(self, hook: str, *args: Any) -> None:
+        # The trainer's own History first, so user callbacks see a complete history.
+        for cb in (self.history, *self.callbacks):
+            getattr(cb, hook)(self, *args)
+
+    def _snapshot(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def _train_epochs(self, n_epochs: int, data: EncodedData, x: torch.Tensor, phase: str,
+                      val_every: int) -> int:
+        done = 0
+        for _ in range(n_epochs):
+            record = self._run_epoch(x, data.train_mask, data.clusters, phase)
+            done += 1
+            if val_every and done % val_every == 0:
+                record["val"] = validation_score(self._impute(data, x), data, weights=self.metric_weights).total
+            self._notify("on_epoch_end", record)
+            if self.should_stop:
+                break
+        return done
+
+    def fit(self, data: EncodedData) -> TrainResult:
+        """Train on ``data`` and return the best loop's model and imputations.
+
+        Parameters
+        ----------
+        data
+            Encoded tensors; only ``x`` at ``train_mask`` cells is ever shown to the
+            model, ``x_val`` only to the metric. ``data`` is not modified.
+
+        Returns
+        -------
+        TrainResult
+
+        Raises
+        ------
+        TrainingDivergedError
+            If the loss or the imputations become NaN or infinite.
+        """
+        self._check_data(data)
+        tc, rc = self.train_config, self.refit_config
+        t0 = time.perf_counter()
+        self._reset_run_state()
+
+        model = self.model.to(self.device)
+        data = data.to(self.device)
+        self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        self._params = [p for p in model.parameters() if p.requires_grad]
+        if not self._params:
+            raise ValueError(f"{type(model).__name__} has no trainable parameters; nothing to train.")
+        # Created once per run; the refit phase only edits lr / gamma in place.
+        self.optimizer = torch.optim.Adam(self._params, lr=tc.lr, weight_decay=tc.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=tc.decay_factor)
+
+        has_beta = hasattr(model, "beta")
+        original_beta = getattr(model, "beta", None)
+        try:
+            self._notify("on_fit_start", data)
+
+            # --- initial training + loop 0
+            loop_start = time.perf_counter()
+            done = self._train_epochs(tc.epochs, data, data.x, "initial", tc.val_every or 0)
+            imp = self._impute(data, data.x)
+            score = validation_score(imp, data, weights=self.metric_weights)
+            self.best_score, self.best_loop = score, 0
+            best_state, best_imp = self._snapshot(), imp
+            self._end_loop(score, True, done, loop_start)
+
+            # --- impute-refit loops
+            stop_reason = "no_refit" if rc.max_loops == 0 else "max_loops"
+            if rc.max_loops > 0 and not self.should_stop:
+                if rc.beta_refit is not None:
+                    if has_beta:
+                        model.beta = rc.beta_refit
+                    else:
+                        _LOGGER.debug("%s has no beta; beta_refit ignored", type(model).__name__)
+                if rc.reset_lr_refit:
+                    new_lr = rc.lr_refit if rc.lr_refit is not None else tc.lr
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = new_lr
+                if rc.decay_factor_refit is not None:
+                    self.scheduler.gamma = rc.decay_factor_refit
+                epochs_per_loop = rc.epochs_per_loop if rc.epochs_per_loop is not None else tc.epochs
+
+                for loop in range(1, rc.max_loops + 1):
+                    self.loop = loop
+                    loop_start = time.perf_counter()
+                    # Missing and held-out cells take the latest imputations as fillers.
+                    x_current = imp
+                    done = self._train_epochs(epochs_per_loop, data, x_current, "refit", 0)
+                    imp = self._impute(data, x_current)
+                    score = validation_score(imp, data, weights=self.metric_weights)
+                    improved = score.total < self.best_score.total - rc.min_delta
+                    if improved:
+                        self.best_score, self.best_loop = score, loop
+                        best_state, best_imp = self._snapshot(), imp
+                        self.loops_since_improvement = 0
+                    else:
+                        self.loops_since_improvement += 1
+                    self._end_loop(score, improved, done, loop_start)
+                    if self.should_stop:
+                        break
+                    if self.loops_since_improvement >= rc.patience:
+                        stop_reason = "patience"
+                        break
+            if self._stop_reason is not None:
+                stop_reason = self._stop_reason
+
+            model.load_state_dict(best_state)
+        finally:
+            if has_beta:
+                model.beta = original_beta
+
+        result = TrainResult(
+            model=model,
+            best_state=best_state,
+            imputed=best_imp,
+            best_score=self.best_score,
+            best_loop=self.best_loop,
+            epoch_history=self.history.epochs,
+            loop_history=self.history.loops,
+            n_epochs=self.epoch,
+            seconds=time.perf_counter() - t0,
+            stop_reason=stop_reason,
+        )
+        self._notify("on_fit_end", result)
+        return result
+
+    def _end_loop(self, score: ValidationScore, improved: bool, epochs: int, start: float) -> None:
+        assert self.best_score is not None and self.optimizer is not None
+        record: dict[str, Any] = {"loop": self.loop}
+        record.update(score.to_dict())
+        record.update({
+            "improved": bool(improved),
+            "best_loop": self.best_loop,
+            "best_val": self.best_score.total,
+            "loops_since_improvement": self.loops_since_improvement,
+            "epochs": epochs,
+            "lr": float(self.optimizer.param_groups[0]["lr"]),
+            "seconds": time.perf_counter() - start,
+        })
+        self._notify("on_loop_end", record)

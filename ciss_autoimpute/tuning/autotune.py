@@ -1,0 +1,411 @@
+"""``autotune``: an Optuna study over model families and their hyperparameters."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..exceptions import TrainingDivergedError
+
+__all__ = ["autotune", "TuneResult", "PruningCallback", "make_objective"]
+
+logger = logging.getLogger(__name__)
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+class PruningCallback:
+    """Training callback reporting the holdout error to Optuna after every refit loop.
+
+    Loop 0 is the end of the initial training. Raises ``optuna.TrialPruned`` when the
+    study's pruner says so; the validation curve so far is kept on the trial.
+    """
+
+    def __init__(self, trial: Any) -> None:
+        self.trial = trial
+        self.curve: list[float] = []
+
+    # The Trainer calls the hooks it knows; the others are no-ops.
+    def on_fit_start(self, trainer: Any, data: Any) -> None:
+        pass
+
+    def on_epoch_end(self, trainer: Any, record: dict) -> None:
+        pass
+
+    def on_fit_end(self, trainer: Any, result: Any) -> None:
+        pass
+
+    def on_loop_end(self, trainer: Any, record: dict) -> None:
+        import optuna
+
+        value = float(record["val"])
+        step = int(record["loop"])
+        self.curve.append(value)
+        self.trial.set_user_attr("val_curve", list(self.curve))
+        if not math.isfinite(value):
+            raise TrainingDivergedError(f"validation error is {value} after refit loop {step}")
+        self.trial.report(value, step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after refit loop {step} with validation error {value:.4g}")
+
+
+@dataclass
+class TuneResult:
+    """What :func:`autotune` returns.
+
+    Attributes
+    ----------
+    imputed
+        The data with missing cells filled by the best trial's model (same index,
+        columns and dtypes; observed cells untouched).
+    best_params
+        The best trial's Optuna parameters.
+    best_value
+        Its validation error (lower is better).
+    best_config
+        The full sampled configuration (family, model, training and clustering params).
+    study
+        The Optuna study.
+    trials
+        ``study.trials_dataframe()`` with the recorded attributes.
+    imputer
+        The fitted :class:`~ciss_autoimpute.Imputer` of the best trial (not retrained).
+    history
+        The best trial's training history (``{"epochs": [...], "loops": [...]}``).
+    """
+
+    imputed: pd.DataFrame
+    best_params: dict[str, Any]
+    best_value: float
+    best_config: dict[str, Any]
+    study: Any
+    trials: pd.DataFrame
+    imputer: Any
+    history: dict[str, list] = field(default_factory=dict)
+
+
+class _Objective:
+    def __init__(
+        self,
+        space: Any,
+        dataset: Any,
+        *,
+        seed: int,
+        device: Any,
+        artifact_store: Any,
+        extra_callbacks: Sequence[Any] = (),
+    ) -> None:
+        self.space = space
+        self.dataset = dataset
+        self.seed = seed
+        self.device = device
+        self.artifact_store = artifact_store
+        self.extra_callbacks = list(extra_callbacks)
+        self._datasets: dict[str, Any] = {}
+        self.best_value = math.inf
+        self.best_number: int | None = None
+        self.best_imputer: Any = None
+
+    def _dataset_for(self, clustering_params: dict[str, Any]) -> Any:
+        if not clustering_params:
+            return self.dataset
+        key = json.dumps(clustering_params, sort_keys=True, default=str)
+        if key not in self._datasets:
+            params = dict(clustering_params)
+            n_clusters = params.pop("n_clusters", None)
+            self._datasets[key] = self.dataset.recluster(n_clusters=n_clusters, **params)
+        return self._datasets[key]
+
+    def __call__(self, trial: Any) -> float:
+        from ..imputer import Imputer
+
+        start = time.perf_counter()
+        config = self.space.sample(trial)
+        trial.set_user_attr("model", config.model)
+        trial.set_user_attr("config", config.to_dict())
+        trial.set_user_attr("device", str(self.dataset.device))
+        ds = self._dataset_for(config.clustering_params)
+        trial.set_user_attr("n_clusters", int(ds.n_clusters))
+        pruning = PruningCallback(trial)
+        imputer = Imputer(
+            model=config.model,
+            model_params=config.model_params,
+            train_params=config.train_params,
+            seed=self.seed,
+            device=str(ds.device),
+        )
+        try:
+            imputer.fit_dataset(ds, callbacks=[pruning, *self.extra_callbacks])
+        except TrainingDivergedError as exc:
+            trial.set_user_attr("fail_reason", f"diverged: {exc}")
+            trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
+            raise
+        except Exception as exc:
+            import optuna
+
+            if not isinstance(exc, optuna.TrialPruned):
+                trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
+            trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
+            raise
+        loops = imputer.history_["loops"]
+        value = float(imputer.best_score_)
+        trial.set_user_attr("best_loop", imputer.best_loop_)
+        trial.set_user_attr("epochs", int(sum(r.get("epochs", 0) for r in loops)) or len(imputer.history_["epochs"]))
+        if loops:
+            best = next((r for r in loops if r.get("loop") == imputer.best_loop_), loops[-1])
+            per_cluster = best.get("per_cluster") or {}
+            trial.set_user_attr("per_cluster_val", {str(k): float(v) for k, v in per_cluster.items()})
+        trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
+        trial.set_user_attr("peak_rss_mb", round(_peak_rss_mb(), 1))
+        if not math.isfinite(value):
+            trial.set_user_attr("fail_reason", f"non-finite validation error {value}")
+            raise TrainingDivergedError(f"validation error is {value}")
+        if value < self.best_value:
+            self.best_value = value
+            self.best_number = trial.number
+            self.best_imputer = imputer
+            self._upload(trial, imputer)
+        return value
+
+    def _upload(self, trial: Any, imputer: Any) -> None:
+        if self.artifact_store is None:
+            return
+        from optuna.artifacts import upload_artifact
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"imputer_trial_{trial.number}.pt"
+            imputer.save(path)
+            artifact_id = upload_artifact(
+                artifact_store=self.artifact_store, file_path=str(path), study_or_trial=trial
+            )
+        trial.set_user_attr("imputer_artifact_id", artifact_id)
+
+
+def make_objective(space: Any, dataset: Any, *, seed: int = 0, device: Any = None) -> Callable[[Any], float]:
+    """The Optuna objective ``autotune`` uses, for users who drive the study themselves."""
+    return _Objective(space, dataset, seed=seed, device=device, artifact_store=None)
+
+
+def _default_sampler(seed: int) -> Any:
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        # multivariate/group TPE is flagged experimental in some Optuna releases.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=5)
+
+
+def _default_pruner() -> Any:
+    import optuna
+
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+
+
+def _artifact_store(storage_arg: Any, artifact_dir: Any) -> Any:
+    from optuna.artifacts import FileSystemArtifactStore
+
+    from .storage import default_artifact_dir
+
+    directory = Path(artifact_dir) if artifact_dir is not None else default_artifact_dir(storage_arg)
+    if directory is None:
+        return None
+    directory.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(directory))
+
+
+def autotune(
+    search_space: Any,
+    dataset: Any,
+    *,
+    n_trials: int | None = 20,
+    timeout: float | None = None,
+    storage: Any = None,
+    study_name: str | None = None,
+    load_if_exists: bool = True,
+    sampler: Any = None,
+    pruner: Any = None,
+    seed: int = 0,
+    device: Any = None,
+    callbacks: Sequence[Callable] = (),
+    show_progress: bool = True,
+    artifact_dir: str | Path | None = None,
+    trial_callbacks: Sequence[Any] = (),
+) -> TuneResult:
+    """Tune the model family and its hyperparameters with Optuna.
+
+    Each trial samples a configuration from ``search_space`` (family first, then its
+    parameters), trains it with the impute-refit loop, reports the holdout error after
+    every refit loop (so the pruner can stop bad trials) and records, for the
+    dashboard: family, validation curve, per-cluster error, epochs, seconds, peak
+    memory, device and, on failure, the reason. A diverging trial fails alone.
+    The best trial's fitted model is kept in memory — and as an Optuna artifact when
+    the storage persists — so nothing is retrained at the end.
+
+    Parameters
+    ----------
+    search_space
+        A :class:`~ciss_autoimpute.SearchSpace`, or a preset name (``"default"``, ``"quick"``, ...).
+    dataset
+        A :class:`~ciss_autoimpute.ClusterDataset` (a DataFrame is wrapped in one with defaults).
+    n_trials, timeout
+        Trials to run in this call, and a wall-clock limit in seconds.
+    storage
+        ``None`` (in memory), ``sqlite:///file.db``, a ``.db`` or journal file path, a
+        database URL, or an Optuna storage; see :func:`~ciss_autoimpute.tuning.storage.resolve_storage`.
+    study_name, load_if_exists
+        Name of the study; an existing study of that name is resumed when ``load_if_exists``.
+    sampler, pruner
+        Optuna sampler and pruner; defaults: seeded multivariate grouped TPE, and a median pruner.
+    seed
+        Seed of the sampler and of every trial's training.
+    device
+        ``None`` keeps the dataset's device.
+    callbacks
+        Optuna study callbacks ``f(study, frozen_trial)``.
+    show_progress
+        Optuna's progress bar over trials.
+    artifact_dir
+        Folder for best-model artifacts; default beside an SQLite file.
+    trial_callbacks
+        Extra training callbacks added to every trial (e.g. a time budget).
+
+    Returns
+    -------
+    TuneResult
+
+    Examples
+    --------
+    >>> from ciss_autoimpute import ClusterDataset, SearchSpace, autotune
+    >>> from ciss_autoimpute.datasets import load_example
+    >>> ds = ClusterDataset(load_example(), seed=0, device="cpu")  # doctest: +SKIP
+    >>> tuned = autotune(SearchSpace.preset("quick"), ds, n_trials=3, show_progress=False)  # doctest: +SKIP
+    >>> tuned.imputed.isna().sum().sum()  # doctest: +SKIP
+    0
+    """
+    import optuna
+
+    from ..data.dataset import ClusterDataset
+    from .search_space import SearchSpace
+    from .storage import resolve_storage
+
+    if isinstance(search_space, str):
+        search_space = SearchSpace.preset(search_space)
+    if not isinstance(search_space, SearchSpace):
+        raise TypeError(
+            f"search_space must be a SearchSpace or a preset name, got {type(search_space).__name__}; "
+            "use SearchSpace.preset('default')."
+        )
+    if not isinstance(dataset, ClusterDataset):
+        if isinstance(dataset, (pd.DataFrame, np.ndarray)) or type(dataset).__module__.startswith("torch"):
+            dataset = ClusterDataset(dataset, seed=seed, device=device)
+        else:
+            raise TypeError(
+                f"dataset must be a ClusterDataset (or a DataFrame/array), got {type(dataset).__name__}."
+            )
+    elif device is not None:
+        dataset = dataset.to(device)
+    if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1):
+        raise ValueError(f"n_trials must be a positive integer or None, got {n_trials!r}.")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}.")
+    if n_trials is None and timeout is None:
+        raise ValueError("Give n_trials or timeout (or both); otherwise the study would never stop.")
+    if study_name is not None and not isinstance(study_name, str):
+        raise TypeError(f"study_name must be a string or None, got {type(study_name).__name__}.")
+
+    resolved = resolve_storage(storage)
+    store = _artifact_store(storage if isinstance(storage, str) else resolved, artifact_dir)
+    try:
+        study = optuna.create_study(
+            storage=resolved,
+            sampler=sampler if sampler is not None else _default_sampler(seed),
+            pruner=pruner if pruner is not None else _default_pruner(),
+            study_name=study_name,
+            direction="minimize",
+            load_if_exists=load_if_exists,
+        )
+    except optuna.exceptions.DuplicatedStudyError:
+        raise ValueError(
+            f"A study named {study_name!r} already exists in this storage; pass load_if_exists=True to resume it "
+            "or choose another study_name."
+        ) from None
+    study.set_user_attr("search_space", search_space.to_dict())
+    study.set_user_attr("data_shape", [len(dataset), len(dataset.columns)])
+
+    objective = _Objective(
+        search_space, dataset, seed=seed, device=device, artifact_store=store, extra_callbacks=trial_callbacks
+    )
+    study.optimize(
+        objective,
+        n_trials=n_trials,
+        timeout=timeout,
+        catch=(TrainingDivergedError,),
+        callbacks=list(callbacks),
+        show_progress_bar=show_progress,
+    )
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        reasons = sorted({str(t.user_attrs.get("fail_reason", t.state.name)) for t in study.trials})
+        raise RuntimeError(
+            f"No trial of study {study.study_name!r} completed ({len(study.trials)} trials; reasons: {reasons[:3]}). "
+            "Widen the search space, lower the learning rate, or add trials."
+        )
+    best = study.best_trial
+    imputer = _best_imputer(best, objective, store, dataset, search_space, seed)
+    return TuneResult(
+        imputed=imputer.fit_imputed_.copy() if hasattr(imputer, "fit_imputed_") else imputer.transform(dataset.frame),
+        best_params=dict(best.params),
+        best_value=float(best.value),
+        best_config=dict(best.user_attrs.get("config", {})),
+        study=study,
+        trials=study.trials_dataframe(),
+        imputer=imputer,
+        history=getattr(imputer, "history_", {}),
+    )
+
+
+def _best_imputer(best: Any, objective: _Objective, store: Any, dataset: Any, space: Any, seed: int) -> Any:
+    """The best trial's fitted imputer: from memory, else its artifact, else refit once."""
+    from ..imputer import Imputer
+
+    if objective.best_number == best.number and objective.best_imputer is not None:
+        return objective.best_imputer
+    artifact_id = best.user_attrs.get("imputer_artifact_id")
+    if store is not None and artifact_id:
+        from optuna.artifacts import download_artifact
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "best.pt"
+            download_artifact(artifact_store=store, file_path=str(path), artifact_id=artifact_id)
+            imputer = Imputer.load(path, device=str(dataset.device))
+        imputer.fit_imputed_ = imputer.transform(dataset.frame)
+        return imputer
+    logger.warning(
+        "The best trial (%d) was run elsewhere and left no artifact; refitting its configuration once.", best.number
+    )
+    from .search_space import TrialConfig
+
+    config = TrialConfig.from_dict(best.user_attrs["config"])
+    ds = objective._dataset_for(config.clustering_params)
+    imputer = Imputer(
+        model=config.model, model_params=config.model_params, train_params=config.train_params, seed=seed,
+        device=str(ds.device),
+    )
+    return imputer.fit_dataset(ds)

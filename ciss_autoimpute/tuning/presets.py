@@ -1,0 +1,172 @@
+"""Built-in search spaces.
+
+The presets live here, in code; ``search_spaces/<name>.json`` at the repository root
+are user-facing copies written by ``scripts/write_presets.py`` (a test checks that
+they still match).
+
+========== ==================================================================
+``default`` every built-in family with its own space; moderate training ranges
+``quick``  small networks, 20-60 epochs, at most 4 refit loops: a time-bounded
+           ``run_imputation(model="auto")`` on small data
+``mnar``   not-MIWAE over its missing-process models, with MIWAE as comparator
+``cissvae`` the CISS-VAE package's own space, with epochs and loops sized for a CPU
+========== ==================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .params import Categorical, Fixed, Float, Int
+from .search_space import SearchSpace, default_train_space
+
+__all__ = ["available_presets", "get_preset"]
+
+_BUILTIN_MODULE = "ciss_autoimpute.models.families"
+
+
+def _builtin_families() -> list[str]:
+    """Registered families shipped with the package.
+
+    Families registered by the user (or by a test) are left out so a preset means the
+    same thing everywhere and matches its file in ``search_spaces/``.
+    """
+    from ..models import registry
+
+    return [
+        name
+        for name in registry.available_models()
+        if registry.get_model_class(name).__module__.startswith(_BUILTIN_MODULE)
+    ]
+
+
+def _default() -> SearchSpace:
+    """Every built-in family with its own space; training 100-400 epochs, lr 1e-4..1e-2 (log), up to 10 refit loops."""
+    return SearchSpace(_builtin_families(), train=default_train_space())
+
+
+def _quick() -> SearchSpace:
+    """Small and fast, for a time-bounded tuning run on small data.
+
+    One or two hidden layers of 32 or 64 units, a latent space of 2-16 dimensions,
+    10 importance samples for the importance-weighted families; 20-60 epochs of
+    initial training and at most 4 refit loops of 20 epochs.
+    """
+    small = {
+        "num_hidden_layers": Int(1, 2),
+        "hidden_dim": Categorical((32, 64)),
+        "latent_dim": Int(2, 16, log=True),
+    }
+    per_family = {
+        "cissvae": {**small, "num_shared_encode": Categorical((0, 1)), "num_shared_decode": Categorical((0, 1))},
+        "vae": dict(small),
+        "miwae": {**small, "n_samples": Fixed(10)},
+        "notmiwae": {**small, "n_samples": Fixed(10)},
+    }
+    families = {name: per_family.get(name, {}) for name in _builtin_families()}
+    train = {
+        "epochs": Int(20, 60, step=20),
+        "lr": Float(1e-3, 1e-2, log=True),
+        "batch_size": Categorical((64, 128)),
+        "decay_factor": Fixed(1.0),
+        "max_loops": Fixed(4),
+        "patience": Fixed(2),
+        "epochs_per_loop": Fixed(20),
+    }
+    return SearchSpace(families, train=train)
+
+
+def _mnar() -> SearchSpace:
+    """not-MIWAE with every missing-process model, and MIWAE (which assumes MAR) as comparator.
+
+    If values themselves drive their missingness, a not-MIWAE variant should win; if
+    MIWAE wins, the data give no sign of a missing-not-at-random mechanism the
+    models can use.
+    """
+    from ..models import registry
+
+    process = registry.get_model_class("notmiwae").search_space().get("missing_process")
+    families = {
+        # The family's own choices when it tunes the process, so new process models join automatically.
+        "notmiwae": {"missing_process": process if process is not None else Categorical(_MISSING_PROCESSES)},
+        "miwae": {},
+    }
+    return SearchSpace(families, train=default_train_space())
+
+
+_MISSING_PROCESSES = ("selfmasking", "selfmasking_known_signs", "linear", "nonlinear")
+
+
+def _cissvae() -> SearchSpace:
+    """The CISS-VAE package's default autotune space, sized for a CPU.
+
+    Kept from CISS-VAE: 1-4 hidden layers, each 64 or 512 units; latent dimension 10
+    or 100; latent and output layers shared or not; 0, 1 or 3 shared encoder and
+    decoder layers placed at the start, at the end, alternating or at random;
+    lr in ``[1e-4, 1e-3]``; per-epoch decay in ``[0.9, 0.999]``; beta 0.01; batch
+    size 64; refit patience 2; learning rate reset for refit or not.
+
+    Departures: 200 initial epochs instead of 1000, at most 20 refit loops of 50
+    epochs instead of 100 loops of 1000 (patience 2 stops far earlier anyway); the
+    learning rate is sampled on a log scale (CISS-VAE samples it uniformly, which
+    spends 90 % of trials in the top decade); 3 shared layers in a network of fewer
+    layers means all layers shared.
+    """
+    placements = Categorical(("at_end", "at_start", "alternating", "random"))
+    families = {
+        "cissvae": {
+            "num_hidden_layers": Int(1, 4),
+            "hidden_dim": Categorical((64, 512)),
+            "latent_dim": Categorical((10, 100)),
+            "latent_shared": Categorical((True, False)),
+            "output_shared": Categorical((True, False)),
+            "beta": Fixed(0.01),
+            "num_shared_encode": Categorical((0, 1, 3)),
+            "num_shared_decode": Categorical((0, 1, 3)),
+            "encoder_shared_placement": placements,
+            "decoder_shared_placement": placements,
+        }
+    }
+    train = {
+        "epochs": Fixed(200),
+        "lr": Float(1e-4, 1e-3, log=True),
+        "decay_factor": Float(0.9, 0.999),
+        "batch_size": Fixed(64),
+        "max_loops": Fixed(20),
+        "patience": Fixed(2),
+        "epochs_per_loop": Fixed(50),
+        "reset_lr_refit": Categorical((True, False)),
+    }
+    return SearchSpace(families, train=train)
+
+
+_PRESETS: dict[str, Callable[[], SearchSpace]] = {
+    "cissvae": _cissvae,
+    "default": _default,
+    "mnar": _mnar,
+    "quick": _quick,
+}
+
+
+def available_presets() -> list[str]:
+    """Names of the built-in search spaces, sorted.
+
+    Examples
+    --------
+    >>> available_presets()
+    ['cissvae', 'default', 'mnar', 'quick']
+    """
+    return sorted(_PRESETS)
+
+
+def get_preset(name: str) -> SearchSpace:
+    """The built-in search space ``name`` (also :meth:`SearchSpace.preset`).
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not a preset; the message lists the presets.
+    """
+    if not isinstance(name, str) or name not in _PRESETS:
+        raise ValueError(f"Unknown search-space preset {name!r}; available presets are {available_presets()}.")
+    return _PRESETS[name]()

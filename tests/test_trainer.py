@@ -1,0 +1,636 @@
+"""Tests of the Trainer, the impute-refit loop, the callbacks and the configs.
+
+Two tiny models defined here stand in for the real families: ``TinyAE`` (a linear
+denoising autoencoder that actually learns) and ``ScriptedModel`` (imputes a constant
+held in a buffer, so tests can dictate each loop's score exactly).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from ciss_autoimpute.data.layout import EncodedData, FeatureLayout
+from ciss_autoimpute.exceptions import TrainingDivergedError
+from ciss_autoimpute.models.base import ImputationModel, LossOutput
+from ciss_autoimpute.training import (
+    Callback,
+    History,
+    MetricWeights,
+    ProgressLogger,
+    RefitConfig,
+    TimeBudget,
+    TrainConfig,
+    Trainer,
+    configs_from_dict,
+    history_frame,
+    impute_all,
+    validation_score,
+)
+
+
+# --------------------------------------------------------------------------- helpers
+class TinyAE(ImputationModel):
+    """Linear autoencoder with latent noise drawn from the generator."""
+
+    name = "tiny_ae_test"
+
+    def __init__(self, layout: FeatureLayout, n_clusters: int = 1, *, seed: int = 0, **params):
+        super().__init__()
+        self.params = self.resolve_params(params)
+        self.layout, self.n_clusters = layout, n_clusters
+        d, k = layout.n_features, self.params["latent_dim"]
+        g = torch.Generator().manual_seed(seed)
+        self.enc = nn.Linear(2 * d, k)
+        self.dec = nn.Linear(k, d)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+        self.cluster_bias = nn.Parameter(torch.zeros(n_clusters, d))
+        self.beta = self.params["beta"]
+
+    @classmethod
+    def default_params(cls):
+        return {"latent_dim": 2, "beta": 1.0, "noise": 0.1}
+
+    @classmethod
+    def search_space(cls):
+        return {}
+
+    def _forward(self, x, mask, clusters, generator=None, noisy=False):
+        h = self.enc(torch.cat([x, mask.to(x.dtype)], dim=1))
+        if noisy:
+            h = h + self.params["noise"] * torch.randn(h.shape, generator=generator, device=h.device)
+        return self.dec(h) + self.cluster_bias[clusters], h
+
+    def loss(self, x, mask, clusters, *, generator=None):
+        recon, h = self._forward(x, mask, clusters, generator, noisy=True)
+        nll = ((recon - x).square() * mask).sum(1).mean()
+        kl = 0.01 * self.beta * h.square().sum(1).mean()
+        return LossOutput(nll + kl, {"nll": nll.detach(), "kl": kl.detach()})
+
+    def impute(self, x, mask, clusters, *, generator=None):
+        return self._forward(x, mask, clusters)[0]
+
+    def sample_imputations(self, x, mask, clusters, n, *, generator=None):
+        draws = torch.stack([self._forward(x, mask, clusters, generator, noisy=True)[0] for _ in range(n)])
+        return torch.where(mask, x, draws)
+
+
+class ScriptedModel(ImputationModel):
+    """Imputes the constant ``offset`` (a buffer, hence part of the state)."""
+
+    name = "scripted_test"
+
+    def __init__(self, layout: FeatureLayout, n_clusters: int = 1, *, seed: int = 0, **params):
+        super().__init__()
+        self.params = self.resolve_params(params)
+        self.layout, self.n_clusters = layout, n_clusters
+        self.w = nn.Parameter(torch.zeros(()))
+        self.register_buffer("offset", torch.zeros(()))
+        self.nan_loss = False
+        self.nan_impute = False
+
+    @classmethod
+    def default_params(cls):
+        return {}
+
+    @classmethod
+    def search_space(cls):
+        return {}
+
+    def loss(self, x, mask, clusters, *, generator=None):
+        loss = (self.w - 1.0).square() + 0.0 * x.sum()
+        if self.nan_loss:
+            loss = loss * float("nan")
+        return LossOutput(loss, {"sq": loss.detach()})
+
+    def impute(self, x, mask, clusters, *, generator=None):
+        out = torch.zeros_like(x) + self.offset
+        if self.nan_impute:
+            out = out * float("nan")
+        return out
+
+    def sample_imputations(self, x, mask, clusters, n, *, generator=None):
+        return torch.where(mask, x, self.impute(x, mask, clusters).expand(n, *x.shape))
+
+
+class OffsetSchedule(Callback):
+    """Sets ScriptedModel.offset to ``offsets[loop]`` during each loop's training."""
+
+    def __init__(self, offsets):
+        self.offsets = offsets
+
+    def on_epoch_end(self, trainer, record):
+        trainer.model.offset.fill_(self.offsets[record["loop"]])
+
+
+def make_data(n=120, d=4, *, miss=0.2, val=0.15, n_clusters=2, seed=0, val_value=None):
+    """Correlated standardised numeric data with missing and held-out cells."""
+    g = torch.Generator().manual_seed(seed)
+    full = torch.randn(n, 2, generator=g) @ torch.randn(2, d, generator=g) + 0.2 * torch.randn(n, d, generator=g)
+    full = (full - full.mean(0)) / full.std(0)
+    observed = torch.rand(n, d, generator=g) > miss
+    val_mask = observed & (torch.rand(n, d, generator=g) < val)
+    train = observed & ~val_mask
+    truth = full if val_value is None else torch.full_like(full, val_value)
+    return EncodedData(
+        x=torch.where(train, full, torch.zeros(())),
+        observed=observed,
+        train_mask=train,
+        val_mask=val_mask,
+        x_val=torch.where(val_mask, truth, torch.zeros(())),
+        clusters=torch.arange(n) % n_clusters,
+        n_clusters=n_clusters,
+        layout=FeatureLayout.all_numeric(d),
+    )
+
+
+FAST = TrainConfig(epochs=5, lr=1e-2, batch_size=32)
+
+
+def fit_tiny(data=None, train=FAST, refit=RefitConfig(max_loops=2, epochs_per_loop=3), seed=0, **kw):
+    data = make_data() if data is None else data
+    model = TinyAE(data.layout, data.n_clusters, seed=0)
+    return Trainer(model, train, refit, seed=seed, device="cpu", **kw).fit(data)
+
+
+# --------------------------------------------------------------------------- configs
+def test_config_defaults_and_round_trip():
+    train, refit = TrainConfig(), RefitConfig()
+    flat = {**train.to_dict(), **refit.to_dict()}
+    assert configs_from_dict(flat) == (train, refit)
+    t2, r2 = configs_from_dict({"epochs": 7, "max_loops": 0, "lr_refit": 0.1, "reset_lr_refit": True})
+    assert (t2.epochs, t2.lr, r2.max_loops, r2.lr_refit) == (7, TrainConfig().lr, 0, 0.1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"epochs": 0}, ValueError, r"TrainConfig.epochs must be >= 1, got 0"),
+        ({"epochs": 2.5}, TypeError, r"TrainConfig.epochs must be an integer, got 2.5"),
+        ({"epochs": True}, TypeError, r"TrainConfig.epochs must be an integer"),
+        ({"lr": 0.0}, ValueError, r"TrainConfig.lr must be > 0, got 0.0"),
+        ({"lr": float("nan")}, TypeError, r"TrainConfig.lr must be a finite number"),
+        ({"weight_decay": -1.0}, ValueError, r"weight_decay must be >= 0, got -1.0"),
+        ({"decay_factor": 1.5}, ValueError, r"decay_factor must be in \(0, 1\], got 1.5"),
+        ({"grad_clip": 0}, ValueError, r"grad_clip must be > 0 or None, got 0"),
+        ({"batch_size": 0}, ValueError, r"batch_size must be >= 1, got 0"),
+        ({"val_every": -1}, ValueError, r"val_every must be >= 0, got -1"),
+    ],
+)
+def test_train_config_rejects_bad_values(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        TrainConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"max_loops": -1}, ValueError, r"RefitConfig.max_loops must be >= 0, got -1"),
+        ({"patience": 0}, ValueError, r"RefitConfig.patience must be >= 1, got 0"),
+        ({"epochs_per_loop": 0}, ValueError, r"epochs_per_loop must be >= 1, got 0"),
+        ({"reset_lr_refit": 1}, TypeError, r"reset_lr_refit must be True or False, got 1"),
+        ({"lr_refit": 0.1}, ValueError, r"lr_refit=0.1 has no effect unless reset_lr_refit=True"),
+        ({"lr_refit": -0.1, "reset_lr_refit": True}, ValueError, r"lr_refit must be > 0 or None, got -0.1"),
+        ({"decay_factor_refit": 0.0}, ValueError, r"decay_factor_refit must be in \(0, 1\] or None, got 0.0"),
+        ({"beta_refit": -1.0}, ValueError, r"beta_refit must be >= 0 or None, got -1.0"),
+        ({"min_delta": -0.5}, ValueError, r"min_delta must be >= 0, got -0.5"),
+    ],
+)
+def test_refit_config_rejects_bad_values(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        RefitConfig(**kwargs)
+
+
+def test_configs_from_dict_unknown_key_lists_valid_keys():
+    with pytest.raises(ValueError, match=r"Unknown training option\(s\) \['epoch'\]; valid keys are .*'epochs'"):
+        configs_from_dict({"epoch": 3})
+
+
+# --------------------------------------------------------------------------- optimiser / schedule
+def test_optimizer_and_scheduler_created_once_per_run(monkeypatch):
+    created = {"adam": 0, "sched": 0}
+    RealAdam, RealExp = torch.optim.Adam, torch.optim.lr_scheduler.ExponentialLR
+
+    class CountingAdam(RealAdam):
+        def __init__(self, *a, **k):
+            created["adam"] += 1
+            super().__init__(*a, **k)
+
+    class CountingExp(RealExp):
+        def __init__(self, *a, **k):
+            created["sched"] += 1
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(torch.optim, "Adam", CountingAdam)
+    monkeypatch.setattr(torch.optim.lr_scheduler, "ExponentialLR", CountingExp)
+
+    seen = set()
+
+    class Spy(Callback):
+        def on_epoch_end(self, trainer, record):
+            seen.add((id(trainer.optimizer), id(trainer.scheduler)))
+
+        on_loop_end = on_epoch_end
+
+    refit = RefitConfig(max_loops=3, patience=5, epochs_per_loop=2, reset_lr_refit=True, decay_factor_refit=0.5)
+    result = fit_tiny(refit=refit, callbacks=[ProgressLogger(every=1), Spy()])
+    assert len(result.loop_history) == 4
+    assert created == {"adam": 1, "sched": 1}
+    assert len(seen) == 1
+
+
+def test_lr_decays_exponentially_across_initial_and_refit_epochs():
+    train = TrainConfig(epochs=4, lr=0.1, decay_factor=0.5, batch_size=32)
+    result = fit_tiny(train=train, refit=RefitConfig(max_loops=2, patience=5, epochs_per_loop=3))
+    lrs = [r["lr"] for r in result.epoch_history]
+    assert len(lrs) == 4 + 2 * 3
+    assert lrs == pytest.approx([0.1 * 0.5**k for k in range(10)])
+    assert [r["phase"] for r in result.epoch_history] == ["initial"] * 4 + ["refit"] * 6
+    assert [r["loop"] for r in result.epoch_history] == [0] * 4 + [1] * 3 + [2] * 3
+
+
+def test_reset_lr_refit_resets_rate_and_refit_decay_applies():
+    train = TrainConfig(epochs=4, lr=0.1, decay_factor=0.5, batch_size=32)
+    refit = RefitConfig(max_loops=2, patience=5, epochs_per_loop=2, reset_lr_refit=True, lr_refit=0.2,
+                        decay_factor_refit=0.9)
+    lrs = [r["lr"] for r in fit_tiny(train=train, refit=refit).epoch_history]
+    assert lrs[:4] == pytest.approx([0.1, 0.05, 0.025, 0.0125])
+    assert lrs[4:] == pytest.approx([0.2 * 0.9**k for k in range(4)])
+    # Without lr_refit the reset goes back to the initial rate.
+    refit = RefitConfig(max_loops=1, epochs_per_loop=2, reset_lr_refit=True)
+    lrs = [r["lr"] for r in fit_tiny(train=train, refit=refit).epoch_history]
+    assert lrs[4:] == pytest.approx([0.1, 0.05])
+
+
+# --------------------------------------------------------------------------- batching
+def test_every_row_seen_exactly_once_per_epoch_in_a_fresh_order():
+    n, d, bs = 50, 2, 16
+    x = torch.stack([torch.arange(n, dtype=torch.float32), torch.zeros(n)], dim=1)
+    train = torch.ones(n, d, dtype=torch.bool)
+    val = torch.zeros(n, d, dtype=torch.bool)
+    val[::5, 1] = True
+    train &= ~val
+    data = EncodedData(x=x, observed=torch.ones(n, d, dtype=torch.bool), train_mask=train, val_mask=val,
+                       x_val=torch.where(val, 1.0, 0.0), clusters=torch.zeros(n, dtype=torch.long), n_clusters=1,
+                       layout=FeatureLayout.all_numeric(d))
+    batches = []
+
+    class Spy(TinyAE):
+        def loss(self, x, mask, clusters, *, generator=None):
+            batches.append(x[:, 0].clone())
+            return super().loss(x, mask, clusters, generator=generator)
+
+    epochs = 3
+    Trainer(Spy(data.layout), TrainConfig(epochs=epochs, batch_size=bs), RefitConfig(max_loops=1, epochs_per_loop=1),
+            device="cpu").fit(data)
+    per_epoch = math.ceil(n / bs)
+    assert len(batches) == (epochs + 1) * per_epoch
+    orders = []
+    for e in range(epochs + 1):
+        chunk = batches[e * per_epoch:(e + 1) * per_epoch]
+        assert [len(b) for b in chunk] == [16, 16, 16, 2]
+        order = torch.cat(chunk)
+        assert torch.equal(order.sort().values, torch.arange(n, dtype=torch.float32))
+        orders.append(order)
+    assert not torch.equal(orders[0], orders[1])
+
+
+# --------------------------------------------------------------------------- refit loop
+def test_best_loop_state_and_imputations_are_kept_not_the_last():
+    data = make_data(val_value=0.0)  # held-out truth 0: each loop's score is |offset|
+    model = ScriptedModel(data.layout, data.n_clusters)
+    states = []
+
+    class Snap(Callback):
+        def on_loop_end(self, trainer, record):
+            states.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+
+    offsets = [0.5, 0.1, 1.0, 2.0, 3.0, 4.0]
+    result = Trainer(model, TrainConfig(epochs=2, batch_size=64), RefitConfig(max_loops=5, patience=2, epochs_per_loop=1),
+                     callbacks=[OffsetSchedule(offsets), Snap()], device="cpu").fit(data)
+    vals = [r["val"] for r in result.loop_history]
+    assert vals == pytest.approx([0.5, 0.1, 1.0, 2.0])
+    assert result.best_loop == 1 and result.stop_reason == "patience"
+    assert result.best_score.total == pytest.approx(0.1)
+    assert [r["improved"] for r in result.loop_history] == [True, True, False, False]
+    assert [r["best_loop"] for r in result.loop_history] == [0, 1, 1, 1]
+    # Weights and buffers of loop 1, not of the last loop (offset 2.0).
+    assert float(states[-1]["offset"]) == 2.0
+    assert float(result.model.offset) == pytest.approx(0.1)
+    assert torch.equal(result.best_state["offset"], states[1]["offset"])
+    # Imputations of loop 1; training cells keep their values.
+    not_train = ~data.train_mask
+    assert torch.allclose(result.imputed[not_train], torch.full_like(result.imputed[not_train], 0.1))
+    assert torch.equal(result.imputed[data.train_mask], data.x[data.train_mask])
+    assert validation_score(result.imputed, data).total == pytest.approx(0.1)
+
+
+def test_patience_counts_loops_without_improvement_beyond_min_delta():
+    data = make_data(val_value=0.0)
+
+    def run(offsets, refit):
+        model = ScriptedModel(data.layout, data.n_clusters)
+        return Trainer(model, TrainConfig(epochs=1), refit, callbacks=[OffsetSchedule(offsets)], device="cpu").fit(data)
+
+    worse = [0.1] + [0.5 + 0.1 * k for k in range(10)]
+    result = run(worse, RefitConfig(max_loops=10, patience=3, epochs_per_loop=1))
+    assert len(result.loop_history) == 4 and result.stop_reason == "patience" and result.best_loop == 0
+    assert [r["loops_since_improvement"] for r in result.loop_history] == [0, 1, 2, 3]
+
+    # Always improving: runs to max_loops.
+    better = [1.0 - 0.1 * k for k in range(6)]
+    result = run(better, RefitConfig(max_loops=4, patience=1, epochs_per_loop=1))
+    assert len(result.loop_history) == 5 and result.stop_reason == "max_loops" and result.best_loop == 4
+
+    # Improvements smaller than min_delta do not count.
+    tiny = [1.0, 0.999, 0.998, 0.997]
+    result = run(tiny, RefitConfig(max_loops=3, patience=2, epochs_per_loop=1, min_delta=0.01))
+    assert len(result.loop_history) == 3 and result.best_loop == 0 and result.stop_reason == "patience"
+
+
+def test_max_loops_zero_is_initial_training_only_and_needs_no_holdout():
+    data = make_data(val=0.0)
+    result = fit_tiny(data, refit=RefitConfig(max_loops=0))
+    assert result.stop_reason == "no_refit" and result.best_loop == 0
+    assert len(result.loop_history) == 1 and result.n_epochs == FAST.epochs
+    assert math.isnan(result.best_score.total) and result.best_score.n_cells == 0
+    with pytest.raises(ValueError, match=r"held-out cells.*val_proportion > 0.*max_loops=0"):
+        fit_tiny(data, refit=RefitConfig(max_loops=2))
+
+
+def test_refit_trains_on_imputations_at_missing_cells():
+    data = make_data()
+    seen = []
+
+    class Spy(TinyAE):
+        def loss(self, x, mask, clusters, *, generator=None):
+            seen.append(x[~mask].abs().sum().item())
+            return super().loss(x, mask, clusters, generator=generator)
+
+    model = Spy(data.layout, data.n_clusters)
+    Trainer(model, TrainConfig(epochs=1, batch_size=1000), RefitConfig(max_loops=1, epochs_per_loop=1),
+            device="cpu").fit(data)
+    assert seen[0] == 0.0  # initial training: replacement value 0 at non-training cells
+    assert seen[1] > 0.0  # refit: the model's imputations fill them
+
+
+def test_beta_refit_applies_during_refit_only():
+    betas = []
+
+    class Spy(Callback):
+        def on_epoch_end(self, trainer, record):
+            betas.append((record["phase"], trainer.model.beta))
+
+    data = make_data()
+    model = TinyAE(data.layout, data.n_clusters, beta=1.0)
+    Trainer(model, TrainConfig(epochs=2), RefitConfig(max_loops=1, epochs_per_loop=2, beta_refit=0.25),
+            callbacks=[Spy()], device="cpu").fit(data)
+    assert betas == [("initial", 1.0)] * 2 + [("refit", 0.25)] * 2
+    assert model.beta == 1.0  # restored: the model's config still describes it
+
+
+# --------------------------------------------------------------------------- failures
+def test_nan_loss_raises_training_diverged_with_epoch_and_hint():
+    data = make_data()
+    model = ScriptedModel(data.layout, data.n_clusters)
+    model.nan_loss = True
+    with pytest.raises(TrainingDivergedError, match=r"loss became nan in epoch 1 \(initial phase, loop 0\).*lower "
+                                                    r"TrainConfig.lr"):
+        Trainer(model, TrainConfig(epochs=3), device="cpu").fit(data)
+
+
+def test_divergence_in_a_refit_loop_names_the_loop():
+    class Breaker(Callback):
+        def on_loop_end(self, trainer, record):
+            if record["loop"] == 1:
+                trainer.model.nan_loss = True
+
+    data = make_data()
+    with pytest.raises(TrainingDivergedError, match=r"epoch 4 \(refit phase, loop 2\)"):
+        Trainer(ScriptedModel(data.layout, data.n_clusters), TrainConfig(epochs=2), RefitConfig(max_loops=3, epochs_per_loop=1),
+                callbacks=[Breaker()], device="cpu").fit(data)
+
+
+def test_huge_learning_rate_diverges_loudly():
+    data = make_data()
+    model = TinyAE(data.layout, data.n_clusters)
+    with pytest.raises(TrainingDivergedError, match=r"lower TrainConfig.lr, enable TrainConfig.grad_clip"):
+        Trainer(model, TrainConfig(epochs=50, lr=1e30, grad_clip=None, decay_factor=1.0), device="cpu").fit(data)
+
+
+def test_nan_imputations_raise_training_diverged():
+    data = make_data()
+    model = ScriptedModel(data.layout, data.n_clusters)
+    model.nan_impute = True
+    with pytest.raises(TrainingDivergedError, match=r"NaN or infinite imputations after epoch 2 \(loop 0\)"):
+        Trainer(model, TrainConfig(epochs=2), device="cpu").fit(data)
+
+
+def test_callback_exception_propagates_out_of_fit():
+    class Boom(RuntimeError):
+        pass
+
+    class Raiser(Callback):
+        def on_loop_end(self, trainer, record):
+            if record["loop"] == 1:
+                raise Boom(f"pruned at step {record['loop']} with value {record['val']:.3f}")
+
+    with pytest.raises(Boom, match=r"pruned at step 1 with value \d"):
+        fit_tiny(callbacks=[Raiser()])
+
+
+@pytest.mark.parametrize(
+    "mutate, exc, match",
+    [
+        (lambda d: d.__setattr__("clusters", d.clusters + 5), ValueError, r"clusters holds ids 5..6.*n_clusters=2"),
+        (lambda d: d.x.__setitem__((0, 0), float("nan")), ValueError, r"data.x contains NaN"),
+        (lambda d: d.__setattr__("train_mask", d.train_mask.float()), TypeError, r"data.train_mask must be a bool"),
+        (lambda d: d.__setattr__("x_val", d.x_val[:, :2]), ValueError, r"data.x_val has shape \(120, 2\)"),
+        (lambda d: d.__setattr__("clusters", d.clusters.int()), TypeError, r"clusters must be an int64 tensor"),
+        (lambda d: d.__setattr__("layout", FeatureLayout(4, numeric=(0, 1), binary=(2, 3))), ValueError,
+         r"data.layout does not match the model's layout"),
+    ],
+)
+def test_bad_data_is_rejected_before_training(mutate, exc, match):
+    data = make_data()
+    model = TinyAE(data.layout, data.n_clusters)
+    mutate(data)
+    with pytest.raises(exc, match=match):
+        Trainer(model, FAST, device="cpu").fit(data)
+
+
+def test_bad_arguments_are_rejected():
+    data = make_data()
+    model = TinyAE(data.layout, 2)
+    with pytest.raises(TypeError, match=r"fit expects an EncodedData, got Tensor"):
+        Trainer(model, device="cpu").fit(data.x)
+    with pytest.raises(ValueError, match=r"data has 4 encoded columns but the model was built for 3"):
+        Trainer(TinyAE(FeatureLayout.all_numeric(3), 2), device="cpu").fit(data)
+    with pytest.raises(TypeError, match=r"model must be an ImputationModel, got Linear"):
+        Trainer(nn.Linear(2, 2))
+    with pytest.raises(TypeError, match=r"callbacks must be Callback instances, got function"):
+        Trainer(model, callbacks=[lambda *a: None])
+    with pytest.raises(ValueError, match=r"Unknown device 'gpu0'"):
+        Trainer(model, device="gpu0")
+    with pytest.raises(ValueError, match=r"seed must be a non-negative integer, got -1"):
+        Trainer(model, seed=-1)
+
+
+# --------------------------------------------------------------------------- randomness / leakage
+def test_same_seed_same_result_different_seed_different():
+    a = fit_tiny(seed=3)
+    b = fit_tiny(seed=3)
+    c = fit_tiny(seed=4)
+    assert torch.equal(a.imputed, b.imputed)
+    assert [r["loss"] for r in a.epoch_history] == [r["loss"] for r in b.epoch_history]
+    assert [r["val"] for r in a.loop_history] == [r["val"] for r in b.loop_history]
+    assert not torch.equal(a.imputed, c.imputed)
+
+
+def test_held_out_values_never_reach_the_model_and_data_is_not_modified():
+    sentinel = 1e6
+    data = make_data(val_value=sentinel)
+    before = {k: getattr(data, k).clone() for k in ("x", "observed", "train_mask", "val_mask", "x_val", "clusters")}
+    largest = []
+
+    class Spy(TinyAE):
+        def loss(self, x, mask, clusters, *, generator=None):
+            largest.append(float(x.abs().max()))
+            return super().loss(x, mask, clusters, generator=generator)
+
+        def impute(self, x, mask, clusters, *, generator=None):
+            largest.append(float(x.abs().max()))
+            return super().impute(x, mask, clusters, generator=generator)
+
+    model = Spy(data.layout, data.n_clusters)
+    result = Trainer(model, TrainConfig(epochs=3, val_every=1), RefitConfig(max_loops=2, patience=5, epochs_per_loop=2),
+                     device="cpu").fit(data)
+    assert len(result.loop_history) == 3
+    assert len(largest) > 10 and max(largest) < 100.0
+    assert result.best_score.numeric_rmse > sentinel / 2  # the metric did read the holdout
+    for k, v in before.items():
+        assert torch.equal(getattr(data, k), v), k
+
+
+# --------------------------------------------------------------------------- records and callbacks
+def test_records_hold_documented_fields():
+    result = fit_tiny(train=TrainConfig(epochs=4, val_every=2, batch_size=32),
+                      refit=RefitConfig(max_loops=1, epochs_per_loop=2))
+    first = result.epoch_history[0]
+    assert {"phase", "loop", "epoch", "loss", "nll", "kl", "lr", "seconds"} <= set(first)
+    assert [r["epoch"] for r in result.epoch_history] == list(range(1, 7))
+    assert ["val" in r for r in result.epoch_history] == [False, True, False, True, False, False]
+    assert first["loss"] == pytest.approx(first["nll"] + first["kl"], rel=1e-5)
+    loop = result.loop_history[1]
+    assert {"loop", "val", "per_cluster", "numeric_rmse", "n_cells", "improved", "best_loop", "best_val",
+            "loops_since_improvement", "epochs", "lr", "seconds"} <= set(loop)
+    assert set(loop["per_cluster"]) == {0, 1} and loop["epochs"] == 2
+    assert result.n_epochs == 6 and result.seconds > 0
+    frame = history_frame(result.loop_history)
+    assert list(frame["loop"]) == [0, 1] and "per_cluster_1" in frame.columns
+    assert len(result.epoch_frame()) == 6
+
+
+def test_history_callback_collects_the_latest_fit_only():
+    history = History()
+    fit_tiny(callbacks=[history], refit=RefitConfig(max_loops=1, epochs_per_loop=1))
+    result = fit_tiny(callbacks=[history], refit=RefitConfig(max_loops=1, epochs_per_loop=2))
+    assert len(history.epochs) == FAST.epochs + 2 and len(history.loops) == 2
+    assert history.loops == result.loop_history
+    assert list(history.frame("epochs")["epoch"]) == list(range(1, FAST.epochs + 3))
+
+
+def test_progress_logger_logs_and_never_prints(caplog, capsys):
+    with caplog.at_level(logging.INFO, logger="ciss_autoimpute.training"):
+        fit_tiny(callbacks=[ProgressLogger(every=2)], refit=RefitConfig(max_loops=1, epochs_per_loop=2))
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("epoch" in m and "loss" in m for m in messages) == 3  # epochs 2, 4, 6 of 7
+    assert any(m.startswith("loop 1: val") for m in messages)
+    assert any(m.startswith("done after 7 epochs") for m in messages)
+    assert capsys.readouterr() == ("", "")
+    with pytest.raises(ValueError, match=r"every must be a positive integer, got 0"):
+        ProgressLogger(every=0)
+
+
+def test_request_stop_and_time_budget_end_training_gracefully():
+    result = fit_tiny(callbacks=[TimeBudget(1e-9)], refit=RefitConfig(max_loops=5, epochs_per_loop=2))
+    assert result.stop_reason == "time_budget" and result.n_epochs == 1 and len(result.loop_history) == 1
+
+    class StopAfterLoop(Callback):
+        def on_loop_end(self, trainer, record):
+            if record["loop"] == 2:
+                trainer.request_stop("enough")
+            assert trainer.should_stop == (record["loop"] >= 2)
+
+    result = fit_tiny(callbacks=[StopAfterLoop()], refit=RefitConfig(max_loops=5, patience=5, epochs_per_loop=1))
+    assert result.stop_reason == "enough" and len(result.loop_history) == 3
+    with pytest.raises(ValueError, match=r"TimeBudget seconds must be a positive number, got 0"):
+        TimeBudget(0)
+
+
+def test_duck_typed_callbacks_with_all_hooks_are_accepted():
+    class Reporter:  # e.g. a pruning callback written without importing Callback
+        def __init__(self):
+            self.steps = []
+
+        def on_fit_start(self, trainer, data):
+            pass
+
+        def on_epoch_end(self, trainer, record):
+            pass
+
+        def on_loop_end(self, trainer, record):
+            self.steps.append((record["loop"], record["val"]))
+
+        def on_fit_end(self, trainer, result):
+            pass
+
+    reporter = Reporter()
+    result = fit_tiny(callbacks=[reporter])
+    assert reporter.steps == [(r["loop"], r["val"]) for r in result.loop_history]
+
+    class Partial:
+        def on_loop_end(self, trainer, record):
+            pass
+
+    with pytest.raises(TypeError, match=r"got Partial \(missing \['on_fit_start', 'on_epoch_end', 'on_fit_end'\]\)"):
+        fit_tiny(callbacks=[Partial()])
+
+
+def test_metric_weights_reach_the_score():
+    data = make_data()
+    result = fit_tiny(data, metric_weights=MetricWeights(numeric=2.0))
+    assert result.best_score.total == pytest.approx(validation_score(result.imputed, data).total)
+    with pytest.raises(TypeError, match=r"metric_weights must be a MetricWeights or None, got dict"):
+        fit_tiny(data, metric_weights={"numeric": 1.0})
+
+
+# --------------------------------------------------------------------------- impute_all
+def test_impute_all_chunks_match_one_pass_and_keep_observed():
+    data = make_data()
+    model = TinyAE(data.layout, data.n_clusters)
+    model.train()
+    one = impute_all(model, data.x, data.train_mask, data.clusters, 10_000)
+    chunked = impute_all(model, data.x, data.train_mask, data.clusters, 7)
+    assert torch.allclose(one, chunked, atol=1e-6)
+    assert torch.equal(one[data.train_mask], data.x[data.train_mask])
+    raw = impute_all(model, data.x, data.train_mask, data.clusters, keep_observed=False)
+    assert torch.allclose(raw[~data.train_mask], one[~data.train_mask])
+    assert not torch.allclose(raw[data.train_mask], data.x[data.train_mask])
+    assert model.training  # mode restored
+    with pytest.raises(ValueError, match=r"batch_size must be a positive integer, got 0"):
+        impute_all(model, data.x, data.train_mask, data.clusters, 0)
+
+
+def test_trained_model_beats_mean_imputation_on_holdout():
+    data = make_data(n=300, d=6)
+    result = fit_tiny(data, train=TrainConfig(epochs=60, lr=1e-2, batch_size=64),
+                      refit=RefitConfig(max_loops=3, epochs_per_loop=10))
+    mean_score = validation_score(torch.zeros_like(data.x), data).total
+    assert result.best_score.total < 0.8 * mean_score
