@@ -194,21 +194,22 @@ class Imputer(TransformerMixin, BaseEstimator):
 
     def _set_fitted(self, dataset: Any, model: Any, imputed: torch.Tensor, result: Any) -> None:
         """Store the learned state (shared by ``fit`` and by ``autotune``'s best trial)."""
-        from .clustering import fit_assigner
+        from .clustering import MissingnessAssigner
 
         self.model_ = model.eval()
         self.schema_ = dataset.schema
         self.n_clusters_ = int(dataset.n_clusters)
         self.cluster_labels_ = list(dataset.cluster_labels_)
         self.columns_ignore_ = sorted(dataset.columns_ignore, key=str)
-        if dataset.clustering is not None:
-            self.assigner_ = dataset.clustering.assigner
-        else:
-            self.assigner_ = fit_assigner(self._cluster_mask(dataset.missing_mask_columns), dataset.clusters)
+        self.columns_ = list(dataset.columns)
+        # New rows are assigned on their own missingness indicators, whatever the
+        # clusters were fitted on (patterns, a proportion matrix or user labels).
+        self.assigner_ = MissingnessAssigner().fit(
+            self._cluster_mask(dataset.missing_mask_columns), dataset.clusters
+        )
         self.n_features_in_ = len(dataset.columns)
         if all(isinstance(c, str) for c in dataset.columns):
             self.feature_names_in_ = np.asarray(list(dataset.columns), dtype=object)
-        self.columns_ = list(dataset.columns)
         self.history_ = {
             "epochs": list(getattr(result, "epoch_history", []) or []),
             "loops": list(getattr(result, "loop_history", []) or []),
@@ -263,10 +264,9 @@ class Imputer(TransformerMixin, BaseEstimator):
         obs = torch.from_numpy(observed).to(dev)
         lab = torch.from_numpy(labels).to(dev)
         x = torch.where(obs, vals, torch.full_like(vals, float(self.replacement_value)))
-        gen_seed = int(self.seed)
+        gen = torch.Generator(device=dev).manual_seed(int(self.seed))
         for _ in range(int(self.transform_iterations)):
-            imp = impute_all(self.model_, x, obs, lab, seed=gen_seed)
-            x = torch.where(obs, vals, imp)
+            x = impute_all(self.model_, x, obs, lab, generator=gen)
         out = self.schema_.decode(x.cpu().numpy(), frame)
         return _like_input(X, out)
 
@@ -364,7 +364,7 @@ class Imputer(TransformerMixin, BaseEstimator):
             The file is not an imputer file, comes from another format version, or its
             contents do not match their checksum (corrupted or tampered with).
         """
-        from .clustering import assigner_from_dict
+        from .clustering import MissingnessAssigner
         from .data.dataset import resolve_device
         from .data.layout import FeatureLayout
         from .data.schema import Schema
@@ -408,7 +408,7 @@ class Imputer(TransformerMixin, BaseEstimator):
         model.to(resolve_device(imp.device)).eval()
         imp.model_ = model
         imp.schema_ = Schema.from_dict(cfg["schema"])
-        imp.assigner_ = assigner_from_dict(cfg["assigner"])
+        imp.assigner_ = MissingnessAssigner.from_dict(cfg["assigner"])
         imp.n_clusters_ = int(cfg["n_clusters"])
         imp.cluster_labels_ = list(cfg["cluster_labels"])
         imp.columns_ignore_ = list(cfg["columns_ignore"])

@@ -112,19 +112,32 @@ def test_sqlite_study_records_resumes_and_dashboard_serves(tmp_path, dataset):
         proc.wait(timeout=10)
 
 
-def test_pruner_stops_a_bad_configuration_early(dataset):
-    # A learning rate of 1e-7 cannot learn: the threshold pruner stops it after the first loop.
-    space = SearchSpace(
-        {"vae": {"hidden_dims": Fixed([16]), "latent_dim": Fixed(4)}},
-        train={**{k: Fixed(v) for k, v in TINY_TRAIN.items()}, "max_loops": Fixed(4), "patience": Fixed(4),
-               "lr": Categorical((1e-2, 1e-7))},
+def _study_with(trials: list[dict], name: str) -> optuna.storages.InMemoryStorage:
+    """An in-memory storage holding a study whose first trials are fixed by ``trials``."""
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name=name, direction="minimize")
+    for params in trials:
+        study.enqueue_trial(params)
+    return storage
+
+
+def _one_family_space(**train) -> SearchSpace:
+    return SearchSpace(
+        {"vae": {"hidden_dims": Fixed([16]), "latent_dim": Fixed(4), "beta": Fixed(1.0)}},
+        train={**{k: Fixed(v) for k, v in TINY_TRAIN.items()}, **train},
     )
-    study_pruner = optuna.pruners.ThresholdPruner(upper=0.9)
-    sampler = optuna.samplers.BruteForceSampler(seed=0)
-    res = autotune(space, dataset, n_trials=2, pruner=study_pruner, sampler=sampler, show_progress=False)
-    by_lr = {t.params["train.lr"] if "train.lr" in t.params else t.user_attrs["config"]["train_params"]["lr"]: t
-             for t in res.study.trials}
-    bad, good = by_lr[1e-7], by_lr[1e-2]
+
+
+def test_pruner_stops_a_bad_configuration_early(dataset):
+    # A learning rate of 1e-7 cannot learn: after a good trial has set the bar, the
+    # median pruner stops the bad one at its first report (the end of initial training).
+    space = _one_family_space(max_loops=Fixed(4), patience=Fixed(4), lr=Categorical((1e-2, 1e-7)))
+    storage = _study_with([{"lr": 1e-2}, {"lr": 1e-7}], "prune")
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
+    res = autotune(space, dataset, n_trials=2, storage=storage, study_name="prune", pruner=pruner,
+                   show_progress=False)
+    good, bad = res.study.trials
+    assert bad.params["lr"] == 1e-7 and good.params["lr"] == 1e-2
     assert bad.state == optuna.trial.TrialState.PRUNED
     assert len(bad.user_attrs["val_curve"]) == 1
     assert good.state == optuna.trial.TrialState.COMPLETE
@@ -132,17 +145,13 @@ def test_pruner_stops_a_bad_configuration_early(dataset):
 
 
 def test_diverging_trial_fails_alone(dataset):
-    space = SearchSpace(
-        {"vae": {"hidden_dims": Fixed([16]), "latent_dim": Fixed(4)}},
-        train={**{k: Fixed(v) for k, v in TINY_TRAIN.items()}, "grad_clip": Fixed(None),
-               "lr": Categorical((1e-2, 1e12))},
-    )
-    res = autotune(space, dataset, n_trials=2, sampler=optuna.samplers.BruteForceSampler(seed=0),
-                   show_progress=False)
-    states = sorted(t.state.name for t in res.study.trials)
-    assert states == ["COMPLETE", "FAIL"]
-    failed = next(t for t in res.study.trials if t.state == optuna.trial.TrialState.FAIL)
-    assert "diverged" in failed.user_attrs["fail_reason"]
+    space = _one_family_space(grad_clip=Fixed(None), lr=Categorical((1e-2, 1e12)))
+    storage = _study_with([{"lr": 1e12}, {"lr": 1e-2}], "diverge")
+    res = autotune(space, dataset, n_trials=2, storage=storage, study_name="diverge", show_progress=False)
+    bad, good = res.study.trials
+    assert bad.state == optuna.trial.TrialState.FAIL
+    assert "diverged" in bad.user_attrs["fail_reason"]
+    assert good.state == optuna.trial.TrialState.COMPLETE
     assert not res.imputed.isna().any().any()
 
 
@@ -163,11 +172,23 @@ def test_storage_errors_are_loud(dataset):
         autotune(_tiny_space(), dataset, n_trials=0, show_progress=False)
 
 
+def _nonlinear(n: int, rate: float, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """Six columns driven by two latent factors through nonlinear links, MCAR holes."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, 2))
+    full = np.column_stack(
+        [z[:, 0], z[:, 0] ** 2, np.sin(2 * z[:, 0]), z[:, 1], z[:, 0] * z[:, 1], np.tanh(2 * z[:, 1])]
+    ) + 0.05 * rng.normal(size=(n, 6))
+    mask = rng.random(full.shape) < rate
+    mask[mask.all(axis=1), 0] = False
+    return pd.DataFrame(np.where(mask, np.nan, full), columns=[f"v{j}" for j in range(6)]), full
+
+
 def test_autotune_beats_iterative_imputer_on_correlated_mcar():
     from sklearn.experimental import enable_iterative_imputer  # noqa: F401
     from sklearn.impute import IterativeImputer
 
-    df, full = _data(n=400, p=6, rate=0.3, seed=1)
+    df, full = _nonlinear(n=400, rate=0.3, seed=1)
     ds = ClusterDataset(df, seed=0, device="cpu")
     res = autotune("quick", ds, n_trials=10, seed=0, show_progress=False)
     miss = df.isna().to_numpy()

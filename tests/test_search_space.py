@@ -11,8 +11,9 @@ import optuna
 import pytest
 import yaml
 
+from ciss_autoimpute.data.layout import FeatureLayout
 from ciss_autoimpute.models.families.cissvae import layer_order
-from ciss_autoimpute.models.registry import available_models, get_model_class
+from ciss_autoimpute.models.registry import available_models, build_model, get_model_class
 from ciss_autoimpute.training.config import configs_from_dict
 from ciss_autoimpute.tuning.params import Categorical, Fixed, Float, Int
 from ciss_autoimpute.tuning.presets import available_presets
@@ -44,11 +45,17 @@ def _run(space: SearchSpace, n_trials: int, seed: int = 0) -> tuple[optuna.Study
     return study, configs
 
 
+def _build(cfg: TrialConfig) -> dict:
+    """Build the model the config describes (2 clusters, 3 numeric columns); its checked parameters."""
+    get_model_class(cfg.model).resolve_params(cfg.model_params)  # raises on any meta key left behind
+    model = build_model(cfg.model, FeatureLayout.all_numeric(3), 2, cfg.model_params, seed=0)
+    return model.params
+
+
 def _check_valid(space: SearchSpace, cfg: TrialConfig, params: dict) -> None:
-    """A sampled config is buildable: real names only, consistent structure, valid training options."""
+    """A sampled config builds its model and has consistent structure and valid training options."""
     assert cfg.model in space.family_names
-    cls = get_model_class(cfg.model)
-    resolved = cls.resolve_params(cfg.model_params)  # raises on any meta key left behind
+    resolved = _build(cfg)
     fam = space.families[cfg.model]
     if "num_hidden_layers" in fam:
         depth_param = fam["num_hidden_layers"]
@@ -60,8 +67,9 @@ def _check_valid(space: SearchSpace, cfg: TrialConfig, params: dict) -> None:
                 i < depth and not isinstance(fam.get(f"hidden_dim_{i}", fam.get("hidden_dim")), Fixed)
             )
     for key in ("layer_order_enc", "layer_order_dec"):
-        if key in resolved:
-            assert len(resolved[key]) == len(resolved["hidden_dims"])
+        if key in cfg.model_params:
+            assert len(cfg.model_params[key]) == len(cfg.model_params["hidden_dims"])
+            assert resolved[key] == cfg.model_params[key]
     configs_from_dict(dict(cfg.train_params))
 
 
@@ -120,7 +128,7 @@ def test_write_presets_script_writes_loadable_files(tmp_path):
 
 
 def test_unknown_preset_lists_presets():
-    with pytest.raises(ValueError, match=r"Unknown search-space preset 'fast'.*\['cissvae', 'default', 'mnar', 'quick'\]"):
+    with pytest.raises(ValueError, match=r"Unknown search-space preset 'fast'.*\['cissvae', 'default', 'mnar'"):
         SearchSpace.preset("fast")
 
 
@@ -190,41 +198,49 @@ def test_fixed_trial_rebuilds_the_sampled_config():
         assert space.sample(optuna.trial.FixedTrial(trial.params, number=trial.number)) == cfg
 
 
+def _random_study_configs(space: SearchSpace, n: int) -> list[tuple[optuna.trial.FrozenTrial, TrialConfig]]:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        cfg = space.sample(trial)
+        study.tell(trial, 0.0)
+        out.append((study.trials[-1], cfg))
+    return out
+
+
 def test_random_placement_is_seeded_by_trial_number():
     space = SearchSpace(
-        {"cissvae": {"num_hidden_layers": 4, "hidden_dim": 8, "num_shared_encode": 2,
-                     "num_shared_decode": 2, "encoder_shared_placement": "random",
-                     "decoder_shared_placement": "random"}},
+        {"cissvae": {"num_hidden_layers": 4, "num_shared_encode": 2, "num_shared_decode": 2,
+                     "encoder_shared_placement": "random", "decoder_shared_placement": "random"}},
         train={},
     )
-    orders = [space.sample(optuna.trial.FixedTrial({}, number=n)).model_params["layer_order_enc"] for n in range(12)]
-    assert orders[5] == space.sample(optuna.trial.FixedTrial({}, number=5)).model_params["layer_order_enc"]
-    assert len({tuple(o) for o in orders}) > 1  # the number changes the order
-    assert orders[5] == layer_order(4, 2, "random", 10)
+    pairs = _random_study_configs(space, 12)
+    for trial, cfg in pairs:
+        assert cfg.model_params["layer_order_enc"] == layer_order(4, 2, "random", 2 * trial.number)
+        assert cfg.model_params["layer_order_dec"] == layer_order(4, 2, "random", 2 * trial.number + 1)
+        # The number alone reproduces the order when the trial is rebuilt from its parameters.
+        assert space.sample(optuna.trial.FixedTrial(trial.params, number=trial.number)) == cfg
+    assert len({tuple(cfg.model_params["layer_order_enc"]) for _, cfg in pairs}) > 1
 
 
-@pytest.mark.parametrize("placement", ["at_start", "at_end", "alternating"])
-def test_placement_orders_come_from_the_family(placement):
-    space = SearchSpace(
-        {"cissvae": {"num_hidden_layers": 3, "hidden_dim": 8, "num_shared_encode": 1,
-                     "num_shared_decode": 2, "encoder_shared_placement": placement,
-                     "decoder_shared_placement": placement}},
-        train={},
-    )
-    params = space.sample(optuna.trial.FixedTrial({}, number=0)).model_params
-    assert params["layer_order_enc"] == layer_order(3, 1, placement, 0)
-    assert params["layer_order_dec"] == layer_order(3, 2, placement, 1)
-
-
-def test_shared_count_above_depth_is_clamped():
-    space = SearchSpace(
-        {"cissvae": {"num_hidden_layers": 1, "hidden_dim": 8, "num_shared_encode": 3,
-                     "num_shared_decode": 0, "encoder_shared_placement": "at_end",
-                     "decoder_shared_placement": "at_end"}},
-        train={},
-    )
-    params = space.sample(optuna.trial.FixedTrial({}, number=0)).model_params
-    assert params["layer_order_enc"] == layer_order(1, 1, "at_end", 0)
+def test_placements_and_counts_become_family_layer_orders():
+    space = SearchSpace({"cissvae": {"num_hidden_layers": Int(1, 4)}}, train={})
+    pairs = _random_study_configs(space, 30)
+    clamped = 0
+    for trial, cfg in pairs:
+        p = trial.params
+        depth = p["cissvae.num_hidden_layers"]
+        for k, (side, n_key, p_key) in enumerate(
+            [("enc", "num_shared_encode", "encoder_shared_placement"),
+             ("dec", "num_shared_decode", "decoder_shared_placement")]
+        ):
+            n_shared = min(p[f"cissvae.{n_key}"], depth)  # more shared layers than layers: all shared
+            clamped += p[f"cissvae.{n_key}"] > depth
+            expected = layer_order(depth, n_shared, p[f"cissvae.{p_key}"], 2 * trial.number + k)
+            assert cfg.model_params[f"layer_order_{side}"] == expected
+        _build(cfg)
+    assert clamped > 0
 
 
 def test_per_layer_widths_are_conditional_on_depth():
@@ -397,11 +413,10 @@ def test_fixed_config_of_every_preset_is_buildable(name):
     space = SearchSpace.preset(name)
     for model in space.family_names:
         cfg = space.fixed_config(model)
-        resolved = get_model_class(model).resolve_params(cfg.model_params)
-        for key in ("layer_order_enc", "layer_order_dec"):
-            if key in resolved:
-                assert len(resolved[key]) == len(resolved["hidden_dims"])
+        assert cfg.model == model
+        _build(cfg)
         configs_from_dict(dict(cfg.train_params))
+        assert space.fixed_config(model) == cfg  # no randomness without a trial
 
 
 def test_trial_config_round_trip_and_copies():
@@ -423,13 +438,13 @@ def test_unknown_family_lists_available_models():
 
 
 def test_unknown_family_param_lists_valid_names():
-    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['latent_size'\] for model 'vae'; valid names are .*latent_dim"):
+    with pytest.raises(ValueError, match=r"\['latent_size'\] for model 'vae'; valid names are .*'latent_dim'"):
         SearchSpace({"vae": {"latent_size": 4}})
 
 
 def test_meta_keys_only_where_they_apply():
-    if "layer_order_enc" in get_model_class("vae").default_params():
-        pytest.fail("vae unexpectedly has shared layers")
+    # The plain VAE has no cluster-specific layers, so shared-layer meta keys mean nothing to it.
+    assert "layer_order_enc" not in get_model_class("vae").default_params()
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['num_shared_encode'\] for model 'vae'"):
         SearchSpace({"vae": {"num_shared_encode": 1}})
 

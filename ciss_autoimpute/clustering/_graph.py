@@ -21,6 +21,12 @@ from ._patterns import tanimoto_topk
 
 __all__ = ["pattern_graph", "leiden"]
 
+# Leiden passes over the graph. Two (leidenalg's default) settle structured masks
+# (on a 20,000-row planted mask, iterating to convergence with -1 found the same
+# 4 clusters); on a 20,000-pattern MCAR graph, where there is no structure to
+# converge to, -1 took 98 s instead of 8 s.
+_N_ITERATIONS = 2
+
 
 def pattern_graph(
     patterns: np.ndarray, *, k: int, graph: str
@@ -50,8 +56,8 @@ def pattern_graph(
     idx, sim = tanimoto_topk(patterns, patterns, k, exclude_self=True)
     if idx.shape[1] == 0:
         return np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.float64)
-    # A neighbour with similarity 0 shares nothing: it is only there because k
-    # slots had to be filled, so it is not an edge.
+    # Smoothed similarities are > 0; the guard keeps the graph free of
+    # zero-weight edges should the similarity ever change.
     keep = sim > 0
     src = np.repeat(np.arange(u, dtype=np.int64), idx.shape[1])[keep.ravel()]
     dst = idx[keep]
@@ -145,7 +151,7 @@ def leiden(
             node_sizes=sizes.tolist(),
             resolution_parameter=float(resolution * density),
             seed=int(seed),
-            n_iterations=-1,
+            n_iterations=_N_ITERATIONS,
         )
     else:
         part = la.find_partition(
@@ -154,6 +160,6 @@ def leiden(
             weights="weight",
             resolution_parameter=float(resolution),
             seed=int(seed),
-            n_iterations=-1,
+            n_iterations=_N_ITERATIONS,
         )
     return np.asarray(part.membership, dtype=np.int64)

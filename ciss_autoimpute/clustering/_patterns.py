@@ -2,12 +2,20 @@
 
 Similarity
 ----------
-For a 0/1 mask the similarity of two rows is the Jaccard index
-``|a & b| / |a | b|``. For a missingness-proportion matrix we use its usual
-real-valued generalisation, the Tanimoto (extended Jaccard) coefficient
-``<a, b> / (|a|^2 + |b|^2 - <a, b>)``: it equals Jaccard on 0/1 rows, is 1 only for
-identical rows, and needs nothing but matrix products, so one fast code path serves
-both inputs. Two all-zero rows (nothing missing) count as identical (similarity 1).
+For a 0/1 mask the similarity of two rows is the add-one smoothed Jaccard index
+``(|a & b| + 1) / (|a | b| + 1)``: the Jaccard index of the two sets of missing
+columns, each extended by one element every row has. It is within a few percent of
+plain Jaccard for rows missing several cells, but stays defined when nothing is
+missing, and a complete row is *similar* (0.5) to a row missing one cell instead of
+maximally distant (plain Jaccard gives 0 to every pair involving a complete row,
+which strands complete rows and rows with one stray missing cell in the graph; in
+our planted-pattern experiments that cost up to 0.2 adjusted Rand index).
+
+For a missingness-proportion matrix we use the real-valued generalisation, the
+Tanimoto (extended Jaccard) coefficient ``<a, b> / (|a|^2 + |b|^2 - <a, b>)`` of the
+rows with the same constant 1 appended: it equals the smoothed Jaccard index on 0/1
+rows, is 1 only for identical rows, and needs nothing but matrix products, so one
+fast code path serves both inputs.
 
 Speed
 -----
@@ -21,7 +29,14 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["unique_rows", "row_keys", "tanimoto_topk", "tanimoto_matrix", "match_rows"]
+__all__ = [
+    "unique_rows",
+    "row_keys",
+    "similarity_features",
+    "tanimoto_topk",
+    "tanimoto_matrix",
+    "match_rows",
+]
 
 # Bytes of the (rows x reference) similarity block computed at once.
 _BLOCK_BYTES = 64 * 1024 * 1024
@@ -75,10 +90,17 @@ def match_rows(reference: np.ndarray, query: np.ndarray) -> np.ndarray:
     return where[inverse[len(ref_keys) :]]
 
 
+def similarity_features(values: np.ndarray) -> np.ndarray:
+    """``values`` as float32 with a column of ones appended (the smoothing element)."""
+    out = np.ones((values.shape[0], values.shape[1] + 1), dtype=np.float32)
+    out[:, :-1] = values
+    return out
+
+
 def _as_tensor(values: np.ndarray):
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
+    return torch.from_numpy(similarity_features(values))
 
 
 def tanimoto_topk(
@@ -104,7 +126,7 @@ def tanimoto_topk(
     index
         ``int64 [m, k']`` reference indices, most similar first.
     similarity
-        ``float64 [m, k']`` Tanimoto similarities (exact Jaccard for 0/1 data).
+        ``float64 [m, k']`` smoothed Tanimoto similarities (smoothed Jaccard for 0/1 data).
     """
     import torch
 
@@ -117,7 +139,6 @@ def tanimoto_topk(
     ref_t = ref.T.contiguous()
     q_norm = (q * q).sum(1)
     r_norm = (ref * ref).sum(1)
-    zero_ref = torch.nonzero(r_norm == 0).flatten()
     rows = int(max(1, min(m, _BLOCK_BYTES // (4 * max(u, 1)))))
     inter_buf = torch.empty((rows, u), dtype=torch.float32)
     denom_buf = torch.empty((rows, u), dtype=torch.float32)
@@ -131,11 +152,6 @@ def tanimoto_topk(
         # (s = x / (1 - x)) that saves one full pass over the block; exact
         # similarities are recomputed for the k winners below.
         score = inter.div_(denom)
-        if zero_ref.numel():
-            # 0/0 only for two all-zero rows, which are identical: similarity 1.
-            zq = torch.nonzero(q_norm[start:stop] == 0).flatten()
-            if zq.numel():
-                score[zq[:, None], zero_ref[None, :]] = 0.5
         if exclude_self:
             diag = torch.arange(b)
             score[diag, diag + start] = -1.0
@@ -147,29 +163,26 @@ def tanimoto_topk(
 
 def _pair_similarity(query: np.ndarray, reference: np.ndarray, index: np.ndarray) -> np.ndarray:
     """Exact Tanimoto similarity of ``query[i]`` with ``reference[index[i, j]]``."""
-    q = np.asarray(query, dtype=np.float64)
+    q = similarity_features(query).astype(np.float64)
     out = np.empty(index.shape, dtype=np.float64)
     q_norm = (q * q).sum(1)
     step = max(1, 4_000_000 // max(1, index.shape[1] * max(q.shape[1], 1)))
     for start in range(0, len(q), step):
         stop = min(len(q), start + step)
         nb = np.asarray(reference[index[start:stop]], dtype=np.float64)  # [b, k, p]
-        inter = np.einsum("bp,bkp->bk", q[start:stop], nb)
-        union = q_norm[start:stop, None] + (nb * nb).sum(2) - inter
-        with np.errstate(invalid="ignore", divide="ignore"):
-            s = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 1.0)
-        out[start:stop] = s
+        # The appended constant contributes 1 to the inner product and to each norm.
+        inter = np.einsum("bp,bkp->bk", q[start:stop, :-1], nb) + 1.0
+        union = q_norm[start:stop, None] + (nb * nb).sum(2) + 1.0 - inter
+        out[start:stop] = inter / union
     return out
 
 
 def tanimoto_matrix(values: np.ndarray) -> np.ndarray:
     """Full ``[u, u]`` Tanimoto similarity matrix (float32); meant for a few thousand rows."""
-    x = np.asarray(values, dtype=np.float32)
+    x = similarity_features(values)
     norm = (x * x).sum(1)
     sim = x @ x.T
     union = norm[:, None] + norm[None, :]
     union -= sim
-    positive = union > 0
-    np.divide(sim, union, out=sim, where=positive)
-    sim[~positive] = 1.0  # two all-zero rows are identical
+    sim /= union  # union >= 1 thanks to the appended constant
     return sim

@@ -115,7 +115,7 @@ def as_mask_matrix(mask: Any, *, proportion: bool = False, name: str = "mask") -
         if bad.size:
             i, j = bad[0]
             raise ValueError(
-                f"{name} must hold missingness proportions in [0, 1], got {arr[i, j]!r} at row {i}, "
+                f"{name} must hold missingness proportions in [0, 1], got {arr[i, j]:g} at row {i}, "
                 f"{columns[j]!r}; divide missing counts by the number of visits."
             )
         # Adding 0.0 turns -0.0 into 0.0 so identical rows hash identically.
@@ -124,7 +124,7 @@ def as_mask_matrix(mask: Any, *, proportion: bool = False, name: str = "mask") -
     if bad.size:
         i, j = bad[0]
         raise ValueError(
-            f"{name} must be 0/1 or bool (True = missing), got {arr[i, j]!r} at row {i}, {columns[j]!r}; "
+            f"{name} must be 0/1 or bool (True = missing), got {arr[i, j]:g} at row {i}, {columns[j]!r}; "
             "for a missingness-proportion matrix pass proportion=True."
         )
     return arr == 1.0, columns
@@ -150,7 +150,7 @@ def check_seed(seed: Any) -> int:
 
 
 def validate_labels(
-    labels: Any, n_rows: int, *, min_cluster_size: int = 1
+    labels: Any, n_rows: int, *, min_cluster_size: int = 1, name: str = "clusters"
 ) -> tuple[np.ndarray, dict[Hashable, int]]:
     """Check user-supplied cluster labels and relabel them ``0..k-1``.
 
@@ -163,6 +163,8 @@ def validate_labels(
         Number of rows of the data the labels belong to.
     min_cluster_size
         Smallest allowed number of rows per cluster (1 accepts any size).
+    name
+        Argument name used in error messages.
 
     Returns
     -------
@@ -191,36 +193,40 @@ def validate_labels(
     min_cluster_size = check_int(min_cluster_size, "min_cluster_size", minimum=1)
     if labels is None or isinstance(labels, (str, bytes, dict, set)) or np.isscalar(labels):
         raise TypeError(
-            f"clusters must be a sequence with one label per row, got {type(labels).__name__} "
+            f"{name} must be a sequence with one label per row, got {type(labels).__name__} "
             f"{labels!r:.60}; pass e.g. a list or array of length {n_rows}."
         )
     if hasattr(labels, "detach") and hasattr(labels, "cpu"):  # torch tensor
         labels = labels.detach().cpu().numpy()
     if isinstance(labels, (pd.Series, pd.Index, pd.Categorical)):
         arr = np.asarray(labels.astype(object) if not isinstance(labels, pd.Categorical) else labels.astype(object))
+    elif isinstance(labels, (list, tuple)):
+        # Element by element, so numpy neither turns [1, "x"] into ["1", "x"] nor a
+        # list of lists into a 2-D array.
+        arr = np.empty(len(labels), dtype=object)
+        for i, value in enumerate(labels):
+            arr[i] = value
     else:
         try:
             arr = np.asarray(labels)
-        except Exception:
-            arr = np.empty(len(labels), dtype=object)
-            arr[:] = list(labels)
-        if arr.dtype == object and arr.ndim > 1:
-            arr = np.empty(len(labels), dtype=object)
-            arr[:] = list(labels)
+        except Exception as exc:
+            raise ValueError(
+                f"{name} could not be read as one label per row ({exc}); pass a list or 1-D array."
+            ) from None
     if arr.ndim != 1:
         raise ValueError(
-            f"clusters must be 1-D (one label per row), got shape {arr.shape}; flatten it, e.g. labels.ravel()."
+            f"{name} must be 1-D (one label per row), got shape {arr.shape}; flatten it, e.g. labels.ravel()."
         )
     if len(arr) != n_rows:
         raise ValueError(
-            f"clusters has {len(arr)} labels but the data has {n_rows} rows; pass exactly one label per row."
+            f"{name} has {len(arr)} labels but the data has {n_rows} rows; pass exactly one label per row."
         )
     if arr.dtype.kind == "f":
         finite = np.isfinite(arr)
         bad = np.flatnonzero(~np.isnan(arr) & (~finite | (arr != np.round(arr))))
         if bad.size:
             raise ValueError(
-                f"clusters must hold integer or string labels, got {arr[bad[0]]!r} at position {bad[0]}; "
+                f"{name} must hold integer or string labels, got {arr[bad[0]].item()!r} at position {bad[0]}; "
                 "map the labels to integers."
             )
         # Integral floats (labels that went through a NaN-capable column) act as ints;
@@ -232,7 +238,7 @@ def validate_labels(
         for i, v in enumerate(arr):  # object arrays are Python objects already
             if isinstance(v, (float, np.floating)) and not np.isnan(v) and (not np.isfinite(v) or v != round(v)):
                 raise ValueError(
-                    f"clusters must hold integer or string labels, got {v!r} at position {i}; "
+                    f"{name} must hold integer or string labels, got {v!r} at position {i}; "
                     "map the labels to integers."
                 )
     try:
@@ -243,7 +249,7 @@ def validate_labels(
                 (v for v in arr if not isinstance(v, Hashable) or _unhashable(v)), None
             )
             raise ValueError(
-                f"clusters must hold hashable labels (ints or strings), got unhashable value {first!r:.60}; "
+                f"{name} must hold hashable labels (ints or strings), got unhashable value {first!r:.60}; "
                 "pass one scalar label per row."
             ) from None
         # Mixed, mutually incomparable labels (e.g. ints and strings): keep first-appearance order.
@@ -251,7 +257,7 @@ def validate_labels(
     missing = np.flatnonzero(codes < 0)
     if missing.size:
         raise ValueError(
-            f"clusters has a missing label (NaN/None) at position {missing[0]} "
+            f"{name} has a missing label (NaN/None) at position {missing[0]} "
             f"({missing.size} in all); give every row a label."
         )
     codes = codes.astype(np.int64)
@@ -260,7 +266,7 @@ def validate_labels(
     if small.size:
         lab = uniques[small[0]]
         raise ValueError(
-            f"clusters has {small.size} cluster(s) with fewer than {min_cluster_size} rows "
+            f"{name} has {small.size} cluster(s) with fewer than {min_cluster_size} rows "
             f"(e.g. label {lab!r} has {sizes[small[0]]}); merge small clusters or let the package cluster "
             "(clusters=None)."
         )

@@ -40,21 +40,29 @@ class ClusteringOptions:
     """How rows are clustered on their missingness pattern when no labels are given.
 
     ``n_clusters`` set means KMeans; ``None`` means Leiden on a ``graph`` ("knn" or
-    "snn") of the rows' missingness indicators with Jaccard distance.
+    "snn") of the rows' missingness indicators with (smoothed) Jaccard similarity.
     ``leiden_resolution=None`` takes the clustering module's default for the objective.
+    The default objective is modularity: CISS-VAE's CPM with a fixed resolution
+    shatters kNN graphs into near-singletons (see
+    :func:`~ciss_autoimpute.clustering.cluster_missingness`). Clusters smaller than
+    ``min_cluster_size`` are merged; when the silhouette is below ``min_silhouette``
+    (or the indicators look MCAR) all rows are pooled — ``min_silhouette=None``
+    turns those structure checks off, e.g. to force the KMeans ``n_clusters`` you asked for.
     """
 
     k_neighbors: int = 15
     leiden_resolution: float | None = None
-    leiden_objective: str = "CPM"
+    leiden_objective: str = "modularity"
     graph: str = "knn"
     min_cluster_size: int | None = None
+    min_silhouette: float | None = 0.1
 
     def kwargs(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "k_neighbors": self.k_neighbors,
             "objective": self.leiden_objective,
             "graph": self.graph,
+            "min_silhouette": self.min_silhouette,
         }
         if self.leiden_resolution is not None:
             out["resolution"] = self.leiden_resolution

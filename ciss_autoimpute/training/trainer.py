@@ -267,6 +267,7 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.ExponentialLR | None = None
         self.generator: torch.Generator | None = None
+        self._params: list[nn.Parameter] = []
         self.history = History()
         self._reset_run_state()
 

@@ -4,13 +4,11 @@ The presets live here, in code; ``search_spaces/<name>.json`` at the repository 
 are user-facing copies written by ``scripts/write_presets.py`` (a test checks that
 they still match).
 
-========== ==================================================================
-``default`` every built-in family with its own space; moderate training ranges
-``quick``  small networks, 20-60 epochs, at most 4 refit loops: a time-bounded
-           ``run_imputation(model="auto")`` on small data
-``mnar``   not-MIWAE over its missing-process models, with MIWAE as comparator
-``cissvae`` the CISS-VAE package's own space, with epochs and loops sized for a CPU
-========== ==================================================================
+* ``default`` — every built-in family with its own space; moderate training ranges.
+* ``quick`` — small networks, 20-60 epochs, at most 4 refit loops: a time-bounded
+  ``run_imputation(model="auto")`` on small data.
+* ``mnar`` — not-MIWAE over its missing-process models, with MIWAE as comparator.
+* ``cissvae`` — the CISS-VAE package's own space, with epochs and loops sized for a CPU.
 """
 
 from __future__ import annotations
@@ -41,7 +39,7 @@ def _builtin_families() -> list[str]:
 
 
 def _default() -> SearchSpace:
-    """Every built-in family with its own space; training 100-400 epochs, lr 1e-4..1e-2 (log), up to 10 refit loops."""
+    """Every built-in family with its own space and :func:`default_train_space` (100-400 epochs, up to 10 loops)."""
     return SearchSpace(_builtin_families(), train=default_train_space())
 
 
@@ -77,24 +75,19 @@ def _quick() -> SearchSpace:
 
 
 def _mnar() -> SearchSpace:
-    """not-MIWAE with every missing-process model, and MIWAE (which assumes MAR) as comparator.
+    """not-MIWAE over its missing-process models, and MIWAE (which assumes MAR) as comparator.
 
     If values themselves drive their missingness, a not-MIWAE variant should win; if
     MIWAE wins, the data give no sign of a missing-not-at-random mechanism the
-    models can use.
+    models can use. ``selfmasking_known_signs`` is left out: it needs the direction
+    of every column (``signs``), which only the user knows; add it with
+    ``SearchSpace({"notmiwae": {"missing_process": "selfmasking_known_signs", "signs": [...]}})``.
     """
-    from ..models import registry
-
-    process = registry.get_model_class("notmiwae").search_space().get("missing_process")
     families = {
-        # The family's own choices when it tunes the process, so new process models join automatically.
-        "notmiwae": {"missing_process": process if process is not None else Categorical(_MISSING_PROCESSES)},
+        "notmiwae": {"missing_process": Categorical(("selfmasking", "linear", "nonlinear"))},
         "miwae": {},
     }
     return SearchSpace(families, train=default_train_space())
-
-
-_MISSING_PROCESSES = ("selfmasking", "selfmasking_known_signs", "linear", "nonlinear")
 
 
 def _cissvae() -> SearchSpace:
@@ -104,7 +97,9 @@ def _cissvae() -> SearchSpace:
     or 100; latent and output layers shared or not; 0, 1 or 3 shared encoder and
     decoder layers placed at the start, at the end, alternating or at random;
     lr in ``[1e-4, 1e-3]``; per-epoch decay in ``[0.9, 0.999]``; beta 0.01; batch
-    size 64; refit patience 2; learning rate reset for refit or not.
+    size 64; refit patience 2; learning rate reset for refit or not; ReLU
+    activations and the masked squared-error loss (``likelihood="gaussian_fixed"``),
+    which CISS-VAE does not tune.
 
     Departures: 200 initial epochs instead of 1000, at most 20 refit loops of 50
     epochs instead of 100 loops of 1000 (patience 2 stops far earlier anyway); the
@@ -121,6 +116,8 @@ def _cissvae() -> SearchSpace:
             "latent_shared": Categorical((True, False)),
             "output_shared": Categorical((True, False)),
             "beta": Fixed(0.01),
+            "activation": Fixed("relu"),
+            "likelihood": Fixed("gaussian_fixed"),
             "num_shared_encode": Categorical((0, 1, 3)),
             "num_shared_decode": Categorical((0, 1, 3)),
             "encoder_shared_placement": placements,

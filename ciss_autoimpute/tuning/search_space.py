@@ -37,22 +37,16 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..training.config import RefitConfig, TrainConfig, configs_from_dict
 from .params import Categorical, Fixed, Float, Int, Param, _thaw, as_param, param_from_dict
 
 __all__ = [
     "SearchSpace",
     "TrialConfig",
-    "PLACEMENTS",
     "TRAIN_PARAM_NAMES",
     "CLUSTERING_PARAM_NAMES",
     "default_train_space",
 ]
-
-#: Where shared layers go among a network's hidden layers.
-PLACEMENTS: tuple[str, ...] = ("at_start", "at_end", "alternating", "random")
 
 #: Flat training option names (fields of TrainConfig and RefitConfig).
 TRAIN_PARAM_NAMES: tuple[str, ...] = tuple(
@@ -86,6 +80,8 @@ _SIDES = {
     "enc": ("layer_order_enc", "num_shared_encode", "encoder_shared_placement"),
     "dec": ("layer_order_dec", "num_shared_decode", "decoder_shared_placement"),
 }
+# Parameters whose value is a list: a list given for them is the value, never a set of choices.
+_LIST_VALUED = frozenset({"hidden_dims", "layer_order_enc", "layer_order_dec", "signs"})
 _MISSING = object()
 
 
@@ -97,42 +93,22 @@ def _registry():
     return registry
 
 
-def _builtin_layer_order(n_layers: int, n_shared: int, placement: str, seed: int = 0) -> list[str]:
-    """Fallback used only while the CISS-VAE family module does not provide ``layer_order``."""
-    if placement == "at_start":
-        return ["shared"] * n_shared + ["unshared"] * (n_layers - n_shared)
-    if placement == "at_end":
-        return ["unshared"] * (n_layers - n_shared) + ["shared"] * n_shared
-    if placement == "alternating":
-        out: list[str] = []
-        s, u = n_shared, n_layers - n_shared
-        while s or u:
-            if s:
-                out.append("shared")
-                s -= 1
-            if u:
-                out.append("unshared")
-                u -= 1
-        return out
-    if placement == "random":
-        pos = set(np.random.default_rng(seed).choice(n_layers, size=n_shared, replace=False).tolist())
-        return ["shared" if i in pos else "unshared" for i in range(n_layers)]
-    raise ValueError(f"Unknown placement {placement!r}; expected one of {list(PLACEMENTS)}.")
+def _layer_order(n_layers: int, n_shared: int, placement: str, seed: int) -> list:
+    # Imported lazily: the family module imports tuning.params, so a module-level import would be circular.
+    from ..models.families.cissvae import layer_order
+
+    return list(layer_order(n_layers, n_shared, placement, seed))
 
 
-def _layer_order_fn() -> Callable[..., list]:
-    """The CISS-VAE family's ``layer_order`` when it exists, else the local fallback."""
-    try:
-        from ..models.families.cissvae import layer_order
-    except ImportError:
-        return _builtin_layer_order
-    return layer_order
+def _placements() -> tuple[str, ...]:
+    from ..models.families.cissvae import PLACEMENTS
+
+    return tuple(PLACEMENTS)
 
 
 def _order_tokens() -> tuple[Any, Any]:
-    """(shared, unshared) tokens the family uses in its layer orders."""
-    fn = _layer_order_fn()
-    return fn(1, 1, "at_start", 0)[0], fn(1, 0, "at_start", 0)[0]
+    """(shared, unshared) tokens the layer orders are spelled with."""
+    return _layer_order(1, 1, "at_start", 0)[0], _layer_order(1, 0, "at_start", 0)[0]
 
 
 def _exhaustive_orders(n_layers: int, n_shared: int, cap: int) -> list[str]:
@@ -261,6 +237,10 @@ def _check_int_values(where: str, p: Param, minimum: int) -> None:
     for v in _candidates(p):
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
             raise ValueError(f"{where} must take integers >= {minimum}, got {v!r} in {p!r}.")
+
+
+def _is_list_valued(name: str, defaults: Mapping[str, Any]) -> bool:
+    return name in _LIST_VALUED or isinstance(defaults.get(name), (list, tuple))
 
 
 def _sorted_params(d: Mapping[str, Param]) -> dict[str, Param]:
@@ -402,10 +382,13 @@ class SearchSpace:
     range (:class:`Int` if all are ints, else :class:`Float`). For list-valued
     parameters (``hidden_dims``, layer orders) a list or tuple is the fixed value.
 
-    When ``num_shared_encode``/``num_shared_decode`` exceeds the sampled depth it is
-    clamped to the depth (all layers shared). The ``random`` placement is seeded by
-    the trial number (encoder ``2 * number``, decoder ``2 * number + 1``), so a
-    trial's order can be reproduced from its number.
+    Layer orders are built with
+    :func:`ciss_autoimpute.models.families.cissvae.layer_order`. When
+    ``num_shared_encode``/``num_shared_decode`` exceeds the sampled depth it is
+    clamped to the depth (all layers shared); a missing placement means ``at_end``.
+    The ``random`` placement is seeded by the trial number (encoder ``2 * number``,
+    decoder ``2 * number + 1``), so a trial's order can be reproduced from its number.
+    Without shared-layer meta keys a family keeps its own default order.
 
     Examples
     --------
@@ -491,11 +474,11 @@ class SearchSpace:
             defaults = cls.default_params()
             base_raw = cls.search_space()
             base = {
-                k: _coerce(v, name=f"{name}.search_space()[{k!r}]", list_valued=isinstance(defaults.get(k), list))
+                k: _coerce(v, name=f"{name}.search_space()[{k!r}]", list_valued=_is_list_valued(k, defaults))
                 for k, v in base_raw.items()
             }
             user = {
-                k: _coerce(v, name=f"families[{name!r}][{k!r}]", list_valued=isinstance(defaults.get(k), list))
+                k: _coerce(v, name=f"families[{name!r}][{k!r}]", list_valued=_is_list_valued(k, defaults))
                 for k, v in override.items()
             }
             self._check_names(name, defaults, user, source=f"families[{name!r}]")
@@ -534,7 +517,9 @@ class SearchSpace:
         return sorted(names)
 
     @classmethod
-    def _check_names(cls, family: str, defaults: Mapping[str, Any], params: Mapping[str, Param], *, source: str) -> None:
+    def _check_names(
+        cls, family: str, defaults: Mapping[str, Any], params: Mapping[str, Param], *, source: str
+    ) -> None:
         valid = set(cls._valid_names(defaults))
         unknown = [
             k for k in params
@@ -568,7 +553,7 @@ class SearchSpace:
         where = f"families[{family!r}]"
         params = dict(params)
         for k, p in params.items():
-            if isinstance(defaults.get(k), list) and not isinstance(p, Fixed):
+            if k in defaults and _is_list_valued(k, defaults) and not isinstance(p, Fixed):
                 raise ValueError(
                     f"{where}[{k!r}] is list-valued and can only be Fixed, got {p!r}; "
                     + (
@@ -579,8 +564,9 @@ class SearchSpace:
                         else "give one fixed list."
                     )
                 )
-            if isinstance(defaults.get(k), list) and not isinstance(p.value, tuple):
-                raise ValueError(f"{where}[{k!r}] must be a list like the default {defaults[k]!r}, got {p.value!r}.")
+            if k in defaults and _is_list_valued(k, defaults) and not isinstance(p.value, tuple):
+                if not (p.value is None and defaults[k] is None):
+                    raise ValueError(f"{where}[{k!r}] must be a list, got {p.value!r}.")
         if "hidden_dims" in params:
             bad = [w for w in params["hidden_dims"].value if isinstance(w, bool) or not isinstance(w, int) or w < 1]
             if bad:
@@ -631,6 +617,8 @@ class SearchSpace:
                 continue
             if real in params:
                 order = _candidates(params[real])[0]
+                if order is None:  # the family's own default order, which follows any depth
+                    continue
                 if depth_varies:
                     raise ValueError(
                         f"{where}: a fixed {real} cannot follow a tuned num_hidden_layers; "
@@ -645,10 +633,10 @@ class SearchSpace:
             if n_key in params:
                 _check_int_values(f"{where}[{n_key!r}]", params[n_key], 0)
             if p_key in params:
-                bad = [v for v in _candidates(params[p_key]) if v not in PLACEMENTS]
+                bad = [v for v in _candidates(params[p_key]) if v not in _placements()]
                 if bad:
                     raise ValueError(
-                        f"{where}[{p_key!r}]: unknown placement {bad[0]!r}; expected one of {list(PLACEMENTS)}."
+                        f"{where}[{p_key!r}]: unknown placement {bad[0]!r}; expected one of {list(_placements())}."
                     )
         return params
 
@@ -771,7 +759,7 @@ class SearchSpace:
         def pick(p: Param, name: str, default: Any = _MISSING) -> Any:
             return p.suggest(trial, name)
 
-        return self._resolve(model, pick, seed=int(trial.number))
+        return self._resolve(model, pick, seed=int(trial.number), fixed=False)
 
     def fixed_config(self, model: str | None = None) -> TrialConfig:
         """A configuration without a trial, for a plain fit.
@@ -799,12 +787,11 @@ class SearchSpace:
             model = self.family_names[0]
         elif model not in self._families:
             raise ValueError(f"model={model!r} is not in this search space; choose one of {list(self.family_names)}.")
-        train_defaults = {**TrainConfig().to_dict(), **RefitConfig().to_dict()}
 
         def pick(p: Param, name: str, default: Any = _MISSING) -> Any:
             return _fixed_pick(p, default)
 
-        return self._resolve(model, pick, seed=0, train_defaults=train_defaults)
+        return self._resolve(model, pick, seed=0, fixed=True)
 
     def _resolve(
         self,
@@ -812,10 +799,18 @@ class SearchSpace:
         pick: Callable[..., Any],
         *,
         seed: int,
-        train_defaults: Mapping[str, Any] | None = None,
+        fixed: bool,
     ) -> TrialConfig:
-        model_params = self._resolve_model(model, pick, seed)
-        train_defaults = train_defaults or {}
+        model_params = self._resolve_model(model, pick, seed, fixed=fixed)
+        train_defaults: dict[str, Any] = {}
+        clustering_defaults: dict[str, Any] = {"n_clusters": None}
+        if fixed:
+            from ..data.dataset import ClusteringOptions
+
+            train_defaults = {**TrainConfig().to_dict(), **RefitConfig().to_dict()}
+            clustering_defaults.update(
+                k_neighbors=ClusteringOptions().k_neighbors, leiden_resolution=ClusteringOptions().leiden_resolution
+            )
         train: dict[str, Any] = {}
         for name, p in self._train.items():
             if name == "lr_refit":
@@ -825,15 +820,17 @@ class SearchSpace:
             train["lr_refit"] = pick(self._train["lr_refit"], "lr_refit")
         clustering: dict[str, Any] = {}
         if "n_clusters" in self._clustering:
-            clustering["n_clusters"] = pick(self._clustering["n_clusters"], "n_clusters", None)
+            clustering["n_clusters"] = pick(
+                self._clustering["n_clusters"], "n_clusters", clustering_defaults["n_clusters"]
+            )
         if clustering.get("n_clusters") is None:
             # Leiden options mean nothing to KMeans; sampling them there would only add noise to TPE.
             for name in ("k_neighbors", "leiden_resolution"):
                 if name in self._clustering:
-                    clustering[name] = pick(self._clustering[name], name)
+                    clustering[name] = pick(self._clustering[name], name, clustering_defaults.get(name, _MISSING))
         return TrialConfig(model, model_params, {k: train[k] for k in sorted(train)}, clustering)
 
-    def _resolve_model(self, model: str, pick: Callable[..., Any], seed: int) -> dict[str, Any]:
+    def _resolve_model(self, model: str, pick: Callable[..., Any], seed: int, *, fixed: bool) -> dict[str, Any]:
         cls = _registry().get_model_class(model)
         defaults = cls.default_params()
         space = self._families[model]
@@ -865,7 +862,12 @@ class SearchSpace:
         for k, (side, (real, n_key, p_key)) in enumerate(_SIDES.items()):
             if real not in defaults or real in space:
                 continue
-            if not (builds_depth or n_key in space or p_key in space):
+            has_meta = n_key in space or p_key in space
+            if not has_meta and (defaults[real] is None or not builds_depth):
+                # A default of None already follows any depth; a default list must be rebuilt to match one.
+                continue
+            if fixed and defaults[real] is None and not any(isinstance(space.get(m), Fixed) for m in (n_key, p_key)):
+                # Nothing pins the order: the family's own default is the plain-fit choice.
                 continue
             default_order = defaults[real] if isinstance(defaults[real], list) else []
             shared_tok, unshared_tok = _order_tokens()
@@ -889,12 +891,12 @@ class SearchSpace:
                         (
                             pl
                             for pl in ("at_end", "at_start", "alternating")
-                            if list(_layer_order_fn()(n_layers, n_shared, pl, 0)) == default_order
+                            if _layer_order(n_layers, n_shared, pl, 0) == default_order
                         ),
                         _MISSING,
                     )
                 placement = pick(space.get(p_key, Fixed("at_end")), prefix + p_key, default_placement)
-                out[real] = list(_layer_order_fn()(n_layers, n_shared, placement, 2 * seed + k))
+                out[real] = _layer_order(n_layers, n_shared, placement, 2 * seed + k)
         return out
 
     # ------------------------------------------------------------ serialisation

@@ -1,0 +1,247 @@
+"""What the four families share: parameter checks, the Gaussian encoder / decoder pair,
+input checks and generator handling."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ...data.layout import FeatureLayout
+from ...tuning.params import Categorical, Int, Param
+from ..base import ImputationModel
+from ..layers import ACTIVATIONS, MLP, ClusterIndex, ClusterLinear
+from ..likelihoods import NUMERIC_HEADS, MixedLikelihood
+
+__all__ = [
+    "LatentModel",
+    "check_bool",
+    "check_choice",
+    "check_dims",
+    "check_float",
+    "check_int",
+    "common_space",
+    "default_generator",
+    "keep_observed",
+]
+
+#: Bounds of the encoder's log-variance (keeps exp() finite early in training).
+LOGVAR_MIN = -12.0
+LOGVAR_MAX = 8.0
+#: Row-samples (rows x importance samples) processed at once when imputing.
+ROW_SAMPLE_BUDGET = 1 << 17
+
+
+# ---------------------------------------------------------------------------- param checks
+def _where(model: str, key: str) -> str:
+    return f"{model}: parameter {key!r}"
+
+
+def check_int(model: str, key: str, value: Any, *, low: int = 1) -> int:
+    """``value`` as an int ``>= low`` or a ``ValueError`` naming the parameter."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{_where(model, key)} must be an integer >= {low}, got {value!r}.")
+    return int(value)
+
+
+def check_float(model: str, key: str, value: Any, *, low: float = 0.0) -> float:
+    """``value`` as a finite float ``>= low`` or a ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value) >= low:
+        raise ValueError(f"{_where(model, key)} must be a number >= {low}, got {value!r}.")
+    if value != value or abs(float(value)) == float("inf"):
+        raise ValueError(f"{_where(model, key)} must be finite, got {value!r}.")
+    return float(value)
+
+
+def check_bool(model: str, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{_where(model, key)} must be True or False, got {value!r}.")
+    return value
+
+
+def check_choice(model: str, key: str, value: Any, choices: Any) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{_where(model, key)} must be one of {sorted(choices)}, got {value!r}.")
+    return value
+
+
+def check_dims(model: str, key: str, value: Any) -> list[int]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(f"{_where(model, key)} must be a non-empty list of layer widths, e.g. [128, 64]; got {value!r}.")
+    bad = [v for v in value if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+    if bad:
+        raise ValueError(f"{_where(model, key)} must hold positive integers, got {list(value)!r}.")
+    return [int(v) for v in value]
+
+
+def default_generator(device: torch.device, generator: torch.Generator | None) -> torch.Generator:
+    """``generator``, or a fresh one seeded with 0 on ``device`` (never the global RNG)."""
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}.")
+        return generator
+    return torch.Generator(device=device).manual_seed(0)
+
+
+def common_space() -> dict[str, Param]:
+    """Search-space entries every family shares (meta keys ``num_hidden_layers`` + ``hidden_dim``)."""
+    return {
+        "num_hidden_layers": Int(1, 3),
+        "hidden_dim": Categorical((32, 64, 128, 256)),
+        "latent_dim": Int(4, 32, log=True),
+        "activation": Categorical(("relu", "elu", "tanh")),
+    }
+
+
+# ---------------------------------------------------------------------------- base class
+class LatentModel(ImputationModel):
+    """A Gaussian-latent encoder/decoder over the encoded columns.
+
+    Subclasses describe their parameters in :meth:`default_params`, check
+    family-specific ones in :meth:`_check_params` and implement the bound. The
+    network is::
+
+        x -[encoder MLP (layer_order_enc)]-> h -[latent layer]-> (mu, logvar)
+        z -[decoder MLP (layer_order_dec, reversed widths)]-> h -[output layer]-> raw
+
+    and ``raw`` is read by a :class:`~ciss_autoimpute.models.likelihoods.MixedLikelihood`.
+    Families without cluster-specific structure use all-shared orders.
+    """
+
+    def __init__(self, layout: FeatureLayout, n_clusters: int = 1, *, seed: int = 0, **params: Any) -> None:
+        super().__init__()
+        if not isinstance(layout, FeatureLayout):
+            raise TypeError(f"layout must be a FeatureLayout, got {type(layout).__name__}.")
+        if isinstance(n_clusters, bool) or not isinstance(n_clusters, numbers.Integral) or n_clusters < 1:
+            raise ValueError(f"n_clusters must be a positive integer, got {n_clusters!r}.")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"seed must be an integer, got {seed!r}.")
+        n_clusters, seed = int(n_clusters), int(seed)
+        resolved = self.resolve_params(params)
+        self.params = self._check_params(resolved)
+        self.layout = layout
+        self.n_clusters = n_clusters
+        self.seed = seed
+        p = self.params
+        self.likelihood = MixedLikelihood(layout, p["likelihood"])
+        order_enc, order_dec, latent_shared, output_shared = self._structure()
+        widths = p["hidden_dims"]
+        act = p["activation"]
+        self.encoder = MLP(layout.n_features, widths, order_enc, n_clusters=n_clusters, activation=act)
+        self.latent = ClusterLinear(widths[-1], 2 * p["latent_dim"], n_clusters, shared=latent_shared)
+        self.decoder = MLP(p["latent_dim"], widths[::-1], order_dec, n_clusters=n_clusters, activation=act)
+        self.output = ClusterLinear(widths[0], self.likelihood.n_params, n_clusters, shared=output_shared)
+        self._build_extra()
+        self._needs_index = n_clusters > 1 and any(
+            not m.shared for m in self.modules() if isinstance(m, ClusterLinear)
+        )
+        self.reset_parameters(seed)
+
+    # -------------------------------------------------------------- hooks for subclasses
+    @classmethod
+    def _check_params(cls, p: dict[str, Any]) -> dict[str, Any]:
+        """Validate and normalise the resolved parameters (JSON-compatible output)."""
+        name = cls.name
+        out = dict(p)
+        out["hidden_dims"] = check_dims(name, "hidden_dims", p["hidden_dims"])
+        out["latent_dim"] = check_int(name, "latent_dim", p["latent_dim"])
+        out["likelihood"] = check_choice(name, "likelihood", p["likelihood"], NUMERIC_HEADS)
+        out["activation"] = check_choice(name, "activation", p["activation"], ACTIVATIONS)
+        return out
+
+    def _structure(self) -> tuple[list[str] | None, list[str] | None, bool, bool]:
+        """(encoder order, decoder order, latent shared, output shared); all shared by default."""
+        return None, None, True, True
+
+    def _build_extra(self) -> None:
+        """Create extra modules (e.g. a missing-process model) before initialisation."""
+
+    def _reset_extra(self, generator: torch.Generator) -> None:
+        """Initialise the extra modules from ``generator``."""
+
+    # -------------------------------------------------------------- weights
+    def reset_parameters(self, seed: int) -> None:
+        """Re-draw every weight from ``torch.Generator().manual_seed(seed)``.
+
+        Layers are visited in registration order, so the same seed and parameters
+        always give the same weights.
+        """
+        g = torch.Generator().manual_seed(int(seed))
+        for layer in (self.encoder, self.latent, self.decoder, self.output):
+            layer.reset_parameters(g)
+        self._reset_extra(g)
+
+    # -------------------------------------------------------------- network pieces
+    def cluster_index(self, clusters: torch.Tensor, repeats: int = 1) -> ClusterIndex | None:
+        """Rows sorted by cluster for the cluster-specific layers (None when all are shared)."""
+        if not self._needs_index:
+            return None
+        return ClusterIndex.build(clusters, self.n_clusters).expand(repeats)
+
+    def encode(
+        self, x: torch.Tensor, index: ClusterIndex | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and log-variance ``[n, latent_dim]`` each."""
+        h = self.encoder(x, index)
+        mu, logvar = self.latent(h, index).chunk(2, dim=-1)
+        return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+
+    def decode(self, z: torch.Tensor, index: ClusterIndex | None = None) -> torch.Tensor:
+        """Raw likelihood parameters ``[..., n, n_params]`` for latents ``[..., n, latent_dim]``."""
+        return self.output(self.decoder(z, index), index)
+
+    @staticmethod
+    def reparameterise(
+        mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator, n_samples: int | None = None
+    ) -> torch.Tensor:
+        """``mu + sigma * eps``; with ``n_samples`` a leading sample axis is added."""
+        shape = mu.shape if n_samples is None else (n_samples, *mu.shape)
+        eps = torch.randn(shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu + torch.exp(0.5 * logvar) * eps
+
+    # -------------------------------------------------------------- input checks
+    def check_batch(self, x: Any, mask: Any, clusters: Any) -> None:
+        """Raise ``TypeError``/``ValueError`` unless ``(x, mask, clusters)`` fit this model."""
+        d = self.layout.n_features
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point torch.Tensor [n, {d}], got {_describe(x)}.")
+        if x.dim() != 2 or x.shape[1] != d:
+            raise ValueError(f"x must have shape [n, {d}] (the layout's encoded width), got {tuple(x.shape)}.")
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            raise TypeError(f"mask must be a bool torch.Tensor shaped like x, got {_describe(mask)}; use mask.bool().")
+        if mask.shape != x.shape:
+            raise ValueError(f"mask has shape {tuple(mask.shape)} but x has {tuple(x.shape)}; they must match.")
+        if not isinstance(clusters, torch.Tensor) or clusters.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"clusters must be an int64 torch.Tensor [n], got {_describe(clusters)}.")
+        if clusters.shape != (x.shape[0],):
+            raise ValueError(f"clusters must have shape [{x.shape[0]}] (one id per row), got {tuple(clusters.shape)}.")
+        if clusters.numel():
+            lo, hi = int(clusters.min()), int(clusters.max())
+            if lo < 0 or hi >= self.n_clusters:
+                raise ValueError(
+                    f"clusters holds ids {lo}..{hi} but the model was built with n_clusters={self.n_clusters}; "
+                    "ids must lie in 0..n_clusters-1."
+                )
+
+    @staticmethod
+    def _chunks(n_rows: int, n_samples: int) -> list[slice]:
+        """Row slices that keep ``rows x samples`` under :data:`ROW_SAMPLE_BUDGET`."""
+        step = max(1, ROW_SAMPLE_BUDGET // max(1, n_samples))
+        return [slice(s, min(s + step, n_rows)) for s in range(0, n_rows, step)] or [slice(0, 0)]
+
+    def _map_chunks(self, fn: Callable[[slice], torch.Tensor], n_rows: int, n_samples: int, dim: int) -> torch.Tensor:
+        return torch.cat([fn(sl) for sl in self._chunks(n_rows, n_samples)], dim=dim)
+
+
+def _describe(v: Any) -> str:
+    if isinstance(v, torch.Tensor):
+        return f"a {v.dtype} tensor of shape {tuple(v.shape)}"
+    return f"{type(v).__name__}"
+
+
+def keep_observed(x: torch.Tensor, mask: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+    """``draws [..., n, d]`` with the cells where ``mask`` is true replaced by ``x``."""
+    return torch.where(mask, x, draws)
+

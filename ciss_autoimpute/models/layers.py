@@ -1,0 +1,342 @@
+"""Shared and cluster-specific layers, and the MLP stacks built from them.
+
+A CISS-VAE layer is either *shared* (one weight matrix for every row) or
+*cluster-specific* ("unshared": one weight matrix per missingness cluster, the row's
+cluster id picks which). :class:`ClusterLinear` implements both without a Python
+loop over rows, choosing between two strategies by size:
+
+* large layers/batches: sort the rows by cluster, run one dense product per cluster
+  segment and put the rows back. Measured on CPU (one thread; batch 4096,
+  64 -> 128, 4 clusters, forward + backward, best of 15 rounds): ~4.3 ms against
+  ~3.5 ms for the shared layer, whereas computing every cluster for every row costs
+  ~15.6 ms and gathering a weight matrix per row ~200 ms.
+* small ones (``rows * clusters * in * out <= 2**21``): compute every cluster for
+  every row in one batched product and pick each row's result; the extra arithmetic
+  is cheaper than the fixed cost of sorting and splitting (batch 64, 16 -> 16:
+  ~0.14 ms against ~0.47 ms).
+
+The sort (:class:`ClusterIndex`) is computed once per forward pass and reused by
+every layer of a stack.
+
+All weights are initialised from an explicit ``torch.Generator``; nothing here reads
+the global random state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = [
+    "ACTIVATIONS",
+    "ClusterIndex",
+    "ClusterLinear",
+    "MLP",
+    "normalise_layer_order",
+    "make_activation",
+]
+
+#: Activation names accepted by the model families.
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "tanh": nn.Tanh,
+    "leaky_relu": nn.LeakyReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+}
+
+_ORDER_ALIASES = {"shared": "shared", "s": "shared", "unshared": "unshared", "u": "unshared"}
+
+
+def make_activation(name: str) -> nn.Module:
+    """A fresh activation module for ``name`` (one of :data:`ACTIVATIONS`)."""
+    if not isinstance(name, str) or name.lower() not in ACTIVATIONS:
+        raise ValueError(f"Unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}.")
+    return ACTIVATIONS[name.lower()]()
+
+
+def normalise_layer_order(order: Sequence[str], *, n_layers: int, name: str = "layer_order") -> list[str]:
+    """Spell a layer order out as ``"shared"`` / ``"unshared"`` entries.
+
+    Parameters
+    ----------
+    order
+        One entry per hidden layer: ``"shared"``/``"s"`` or ``"unshared"``/``"u"``
+        (case-insensitive).
+    n_layers
+        The number of hidden layers the order must describe.
+    name
+        The argument name used in error messages.
+
+    Returns
+    -------
+    list of str
+        The order with every entry spelled ``"shared"`` or ``"unshared"``.
+
+    Examples
+    --------
+    >>> normalise_layer_order(["s", "U"], n_layers=2)
+    ['shared', 'unshared']
+    """
+    if isinstance(order, str) or not isinstance(order, Sequence):
+        raise TypeError(f"{name} must be a list of 'shared'/'unshared' entries, got {order!r}.")
+    out = []
+    for entry in order:
+        key = entry.lower() if isinstance(entry, str) else entry
+        if key not in _ORDER_ALIASES:
+            raise ValueError(
+                f"{name} entries must be 'shared'/'s' or 'unshared'/'u', got {entry!r} in {list(order)!r}."
+            )
+        out.append(_ORDER_ALIASES[key])
+    if len(out) != n_layers:
+        raise ValueError(
+            f"{name} has {len(out)} entries {list(order)!r} but there are {n_layers} hidden layers; "
+            "give one 'shared'/'unshared' entry per entry of hidden_dims."
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class ClusterIndex:
+    """Rows grouped by cluster: computed once, reused by every cluster-specific layer.
+
+    Attributes
+    ----------
+    clusters
+        int64 ``[n]`` cluster id per (flattened) row.
+    order
+        Row permutation that sorts rows by cluster (stable).
+    inverse
+        The inverse permutation (puts sorted rows back).
+    counts
+        Rows per cluster, ``len == n_clusters`` (a Python list: segment sizes).
+    """
+
+    clusters: torch.Tensor
+    order: torch.Tensor
+    inverse: torch.Tensor
+    counts: tuple[int, ...]
+
+    @classmethod
+    def build(cls, clusters: torch.Tensor, n_clusters: int) -> "ClusterIndex":
+        """Group ``clusters`` (int ``[n]``, values in ``0 .. n_clusters - 1``)."""
+        clusters = clusters.reshape(-1).long()
+        if clusters.numel() and int(clusters.min()) < 0:
+            raise ValueError(
+                f"cluster ids must be >= 0, got {int(clusters.min())}; number clusters 0..{n_clusters - 1}."
+            )
+        order = torch.argsort(clusters, stable=True)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        counts = tuple(int(c) for c in torch.bincount(clusters, minlength=n_clusters).tolist())
+        if len(counts) > n_clusters:
+            raise ValueError(
+                f"clusters holds id {len(counts) - 1} but the layer has only {n_clusters} clusters "
+                f"(ids 0..{n_clusters - 1}); rebuild the model with the right n_clusters."
+            )
+        return cls(clusters=clusters, order=order, inverse=inverse, counts=counts)
+
+    def expand(self, repeats: int) -> "ClusterIndex":
+        """The index of ``repeats`` stacked copies of the rows (leading sample dims)."""
+        if repeats == 1:
+            return self
+        return ClusterIndex.build(self.clusters.repeat(repeats), len(self.counts))
+
+
+def _uniform_(tensor: torch.Tensor, bound: float, generator: torch.Generator) -> None:
+    with torch.no_grad():
+        nn.init.uniform_(tensor, -bound, bound, generator=generator)
+
+
+class ClusterLinear(nn.Module):
+    """A linear layer that is either shared or specific to each cluster.
+
+    Parameters
+    ----------
+    in_features, out_features
+        Input and output widths.
+    n_clusters
+        Number of clusters the cluster ids in :meth:`forward` range over.
+    shared
+        True: one weight ``[out, in]`` and bias ``[out]`` for all rows. False: one
+        weight per cluster, ``weight [C, in, out]`` and ``bias [C, out]``. With a single
+        cluster a cluster-specific layer *is* a shared layer and is stored as one.
+
+    Notes
+    -----
+    The cluster-specific path picks its strategy per call (see the module notes);
+    ``all_clusters_max_work`` is the size threshold (``rows * C * in * out``).
+
+    Weights follow PyTorch's default ``nn.Linear`` scheme (uniform in
+    ``+-1/sqrt(in_features)``), drawn from the generator given to
+    :meth:`reset_parameters`; until then they are zero.
+
+    Examples
+    --------
+    >>> layer = ClusterLinear(3, 2, n_clusters=2, shared=False)
+    >>> layer.reset_parameters(torch.Generator().manual_seed(0))
+    >>> layer(torch.ones(4, 3), torch.tensor([0, 1, 1, 0])).shape
+    torch.Size([4, 2])
+    """
+
+    #: Largest ``rows * n_clusters * in * out`` computed by the all-clusters product.
+    all_clusters_max_work: int = 1 << 21
+
+    def __init__(self, in_features: int, out_features: int, n_clusters: int = 1, shared: bool = True) -> None:
+        super().__init__()
+        for label, v in (("in_features", in_features), ("out_features", out_features), ("n_clusters", n_clusters)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"ClusterLinear {label} must be a positive integer, got {v!r}.")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.n_clusters = n_clusters
+        self.shared = bool(shared) or n_clusters == 1
+        if self.shared:
+            self.weight = nn.Parameter(torch.zeros(out_features, in_features))
+            self.bias = nn.Parameter(torch.zeros(out_features))
+        else:
+            self.weight = nn.Parameter(torch.zeros(n_clusters, in_features, out_features))
+            self.bias = nn.Parameter(torch.zeros(n_clusters, out_features))
+
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        """Draw fresh weights and biases from ``generator``."""
+        bound = 1.0 / math.sqrt(self.in_features)
+        _uniform_(self.weight, bound, generator)
+        _uniform_(self.bias, bound, generator)
+
+    def extra_repr(self) -> str:
+        kind = "shared" if self.shared else f"unshared, n_clusters={self.n_clusters}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, {kind}"
+
+    def forward(self, x: torch.Tensor, clusters: torch.Tensor | ClusterIndex | None = None) -> torch.Tensor:
+        """Apply the layer.
+
+        Parameters
+        ----------
+        x
+            ``[..., n, in_features]``.
+        clusters
+            Cluster id per row, int ``[n]`` (broadcast over leading dimensions of
+            ``x``), or a :class:`ClusterIndex` over the flattened rows of ``x``.
+            Ignored by a shared layer.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[..., n, out_features]``.
+        """
+        if self.shared:
+            return F.linear(x, self.weight, self.bias)
+        if clusters is None:
+            raise ValueError("A cluster-specific ClusterLinear needs the cluster id of each row; pass clusters=.")
+        lead = x.shape[:-1]
+        flat = x.reshape(-1, self.in_features)
+        index = clusters if isinstance(clusters, ClusterIndex) else _index_for(clusters, lead, self.n_clusters)
+        if index.order.numel() != flat.shape[0]:
+            raise ValueError(
+                f"clusters describes {index.order.numel()} rows but x has {flat.shape[0]} "
+                f"(shape {tuple(x.shape)}); pass one cluster id per row."
+            )
+        n_rows = flat.shape[0]
+        if n_rows == 0:
+            return x.new_zeros(*lead, self.out_features)
+        if n_rows * self.n_clusters * self.in_features * self.out_features <= self.all_clusters_max_work:
+            # Small: every cluster's product for every row, then each row's own.
+            every = torch.baddbmm(self.bias.unsqueeze(1), flat.unsqueeze(0).expand(self.n_clusters, -1, -1), self.weight)
+            out = every[index.clusters, torch.arange(n_rows, device=flat.device)]
+            return out.reshape(*lead, self.out_features)
+        # Large: one dense product per cluster segment of the cluster-sorted rows.
+        segments = flat.index_select(0, index.order).split(list(index.counts))
+        outs = [
+            torch.addmm(self.bias[c], seg, self.weight[c]) for c, seg in enumerate(segments) if seg.shape[0] > 0
+        ]
+        out = torch.cat(outs) if len(outs) > 1 else outs[0]
+        return out.index_select(0, index.inverse).reshape(*lead, self.out_features)
+
+
+def _index_for(clusters: torch.Tensor, lead: torch.Size, n_clusters: int) -> ClusterIndex:
+    """Index for cluster ids ``[n]`` broadcast against rows of shape ``lead`` (``[..., n]``)."""
+    if not isinstance(clusters, torch.Tensor):
+        raise TypeError(f"clusters must be a torch.Tensor of cluster ids, got {type(clusters).__name__}.")
+    if clusters.dim() == 1 and len(lead) >= 1 and clusters.shape[0] == lead[-1]:
+        clusters = clusters.expand(*lead)
+    elif tuple(clusters.shape) != tuple(lead):
+        raise ValueError(
+            f"clusters has shape {tuple(clusters.shape)} but x has rows of shape {tuple(lead)}; "
+            "pass one cluster id per row."
+        )
+    return ClusterIndex.build(clusters, n_clusters)
+
+
+class MLP(nn.Module):
+    """A stack of :class:`ClusterLinear` blocks with an activation after each.
+
+    Parameters
+    ----------
+    in_features
+        Input width.
+    widths
+        Output width of each block.
+    order
+        ``"shared"``/``"unshared"`` (or ``"s"``/``"u"``) per block, in any order;
+        ``None`` means all shared.
+    n_clusters
+        Number of clusters for the unshared blocks.
+    activation
+        Name of the activation placed after every block (see :data:`ACTIVATIONS`).
+
+    Examples
+    --------
+    >>> mlp = MLP(4, [8, 6], order=["u", "s"], n_clusters=3)
+    >>> mlp.reset_parameters(torch.Generator().manual_seed(0))
+    >>> mlp(torch.zeros(5, 4), torch.tensor([0, 1, 2, 1, 0])).shape
+    torch.Size([5, 6])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        widths: Sequence[int],
+        order: Sequence[str] | None = None,
+        *,
+        n_clusters: int = 1,
+        activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        widths = [int(w) for w in widths]
+        order = ["shared"] * len(widths) if order is None else normalise_layer_order(order, n_layers=len(widths))
+        self.order = order
+        self.n_clusters = n_clusters
+        self.out_features = widths[-1] if widths else in_features
+        self.blocks = nn.ModuleList()
+        self.activations = nn.ModuleList()
+        prev = in_features
+        for width, kind in zip(widths, order):
+            self.blocks.append(ClusterLinear(prev, width, n_clusters, shared=kind == "shared"))
+            self.activations.append(make_activation(activation))
+            prev = width
+
+    @property
+    def needs_clusters(self) -> bool:
+        """True when some block is cluster-specific."""
+        return any(not b.shared for b in self.blocks)
+
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        """Re-draw every block's weights from ``generator``, first block first."""
+        for block in self.blocks:
+            block.reset_parameters(generator)
+
+    def forward(self, x: torch.Tensor, clusters: torch.Tensor | ClusterIndex | None = None) -> torch.Tensor:
+        """Run ``x`` ``[..., n, in]`` through the blocks; ``clusters`` as in :class:`ClusterLinear`."""
+        if isinstance(clusters, torch.Tensor) and self.needs_clusters:
+            # Sort the rows by cluster once for all blocks.
+            clusters = _index_for(clusters, x.shape[:-1], self.n_clusters)
+        for block, act in zip(self.blocks, self.activations):
+            x = act(block(x, clusters))
+        return x

@@ -1,0 +1,178 @@
+"""Shared and cluster-specific layers and the MLP stacks built from them."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ciss_autoimpute.models.layers import (
+    MLP,
+    ClusterIndex,
+    ClusterLinear,
+    make_activation,
+    normalise_layer_order,
+)
+
+# The two strategies of the cluster-specific path: per-segment products (0) and the
+# all-clusters batched product (large threshold).
+STRATEGIES = {"segments": 0, "all_clusters": 1 << 40}
+
+
+def _layer(in_f, out_f, n_clusters, shared, seed=0, strategy="segments"):
+    layer = ClusterLinear(in_f, out_f, n_clusters, shared=shared)
+    layer.reset_parameters(torch.Generator().manual_seed(seed))
+    layer.all_clusters_max_work = STRATEGIES[strategy]
+    return layer
+
+
+def _naive(layer, x, clusters):
+    """Row by row: x_i @ W[c_i] + b[c_i]."""
+    rows = [x[i] @ layer.weight[int(c)] + layer.bias[int(c)] for i, c in enumerate(clusters)]
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_cluster_specific_output_matches_per_row_computation(strategy):
+    g = torch.Generator().manual_seed(1)
+    layer = _layer(5, 3, 4, shared=False, strategy=strategy)
+    x = torch.randn(50, 5, generator=g)
+    clusters = torch.randint(0, 4, (50,), generator=g)
+    torch.testing.assert_close(layer(x, clusters), _naive(layer, x, clusters))
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_cluster_specific_handles_leading_sample_dims(strategy):
+    g = torch.Generator().manual_seed(2)
+    layer = _layer(4, 2, 3, shared=False, strategy=strategy)
+    x = torch.randn(6, 10, 4, generator=g)  # [K, n, in]
+    clusters = torch.randint(0, 3, (10,), generator=g)
+    out = layer(x, clusters)
+    assert out.shape == (6, 10, 2)
+    for k in range(6):
+        torch.testing.assert_close(out[k], _naive(layer, x[k], clusters))
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_gradient_reaches_only_the_rows_clusters(strategy):
+    layer = _layer(4, 3, 3, shared=False, strategy=strategy)
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(3))
+    clusters = torch.tensor([0, 2, 2, 0, 2])  # cluster 1 absent
+    layer(x, clusters).square().sum().backward()
+    assert layer.weight.grad[1].abs().sum() == 0 and layer.bias.grad[1].abs().sum() == 0
+    assert layer.weight.grad[0].abs().sum() > 0 and layer.weight.grad[2].abs().sum() > 0
+
+    # One row: only its own cluster's slice gets a gradient, and it is x^T * dL/dy.
+    layer.zero_grad()
+    y = layer(x[1:2], clusters[1:2])
+    y.sum().backward()
+    expected = x[1].unsqueeze(1).expand(4, 3)
+    torch.testing.assert_close(layer.weight.grad[2], expected)
+    assert layer.weight.grad[[0, 1]].abs().sum() == 0
+
+
+def test_segment_and_all_cluster_strategies_agree_in_gradients():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(40, 6, generator=g)
+    clusters = torch.randint(0, 3, (40,), generator=g)
+    grads = []
+    for strategy in STRATEGIES:
+        layer = _layer(6, 5, 3, shared=False, strategy=strategy)
+        layer(x, clusters).tanh().sum().backward()
+        grads.append((layer.weight.grad, layer.bias.grad))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_shared_layer_is_a_plain_linear_map_and_ignores_clusters():
+    layer = _layer(4, 2, 3, shared=True)
+    assert layer.weight.shape == (2, 4)
+    x = torch.randn(7, 4, generator=torch.Generator().manual_seed(5))
+    expected = x @ layer.weight.T + layer.bias
+    torch.testing.assert_close(layer(x), expected)
+    torch.testing.assert_close(layer(x, torch.zeros(7, dtype=torch.long)), expected)
+
+
+def test_single_cluster_unshared_layer_is_stored_as_shared():
+    layer = ClusterLinear(3, 2, n_clusters=1, shared=False)
+    assert layer.shared and layer.weight.shape == (2, 3)
+
+
+def test_initialisation_comes_only_from_the_generator():
+    state = torch.random.get_rng_state()
+    a = _layer(8, 4, 2, shared=False, seed=7)
+    b = _layer(8, 4, 2, shared=False, seed=7)
+    c = _layer(8, 4, 2, shared=False, seed=8)
+    assert torch.equal(torch.random.get_rng_state(), state)  # global RNG untouched
+    assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+    assert not torch.equal(a.weight, c.weight)
+    bound = 1 / math.sqrt(8)
+    assert a.weight.abs().max() <= bound and a.weight.abs().max() > bound / 2
+
+
+def test_cluster_index_is_reusable_across_layers():
+    g = torch.Generator().manual_seed(6)
+    mlp = MLP(4, [6, 5, 3], order=["u", "s", "unshared"], n_clusters=3)
+    mlp.reset_parameters(g)
+    x = torch.randn(20, 4, generator=g)
+    clusters = torch.randint(0, 3, (20,), generator=g)
+    index = ClusterIndex.build(clusters, 3)
+    assert sum(index.counts) == 20 and len(index.counts) == 3
+    torch.testing.assert_close(mlp(x, clusters), mlp(x, index))
+    # The expanded index serves [K, n] inputs.
+    xk = torch.randn(2, 20, 4, generator=g)
+    torch.testing.assert_close(mlp(xk, index.expand(2)), mlp(xk, clusters))
+
+
+def test_mlp_follows_any_layer_order():
+    g = torch.Generator().manual_seed(7)
+    mlp = MLP(3, [4, 4, 2], order=["s", "U", "shared"], n_clusters=2, activation="tanh")
+    mlp.reset_parameters(g)
+    assert mlp.order == ["shared", "unshared", "shared"]
+    assert [b.shared for b in mlp.blocks] == [True, False, True]
+    assert mlp.needs_clusters
+    x = torch.randn(5, 3, generator=g)
+    clusters = torch.tensor([0, 1, 0, 1, 1])
+    # Manual composition: block, activation, block, activation, ...
+    h = x
+    for block in mlp.blocks:
+        h = torch.tanh(block(h, clusters))
+    torch.testing.assert_close(mlp(x, clusters), h)
+    # Rows of different clusters see different weights in the unshared block.
+    same_x = x[:1].expand(2, 3)
+    out = mlp(same_x, torch.tensor([0, 1]))
+    assert not torch.allclose(out[0], out[1])
+
+
+def test_all_shared_mlp_needs_no_clusters():
+    mlp = MLP(3, [4], n_clusters=5)
+    mlp.reset_parameters(torch.Generator().manual_seed(0))
+    assert not mlp.needs_clusters
+    assert mlp(torch.zeros(2, 3)).shape == (2, 4)
+
+
+def test_layer_order_validation():
+    assert normalise_layer_order(["S", "u"], n_layers=2) == ["shared", "unshared"]
+    with pytest.raises(ValueError, match="'shared'/'s' or 'unshared'/'u', got 'x'"):
+        normalise_layer_order(["s", "x"], n_layers=2)
+    with pytest.raises(ValueError, match="has 1 entries .* 2 hidden layers"):
+        normalise_layer_order(["s"], n_layers=2)
+    with pytest.raises(TypeError, match="must be a list"):
+        normalise_layer_order("shared", n_layers=1)
+    with pytest.raises(ValueError, match="Unknown activation 'swish'"):
+        make_activation("swish")
+
+
+def test_bad_cluster_inputs_raise():
+    layer = _layer(3, 2, 2, shared=False)
+    x = torch.zeros(4, 3)
+    with pytest.raises(ValueError, match="needs the cluster id of each row"):
+        layer(x)
+    with pytest.raises(ValueError, match="holds id 2 but the layer has only 2 clusters"):
+        layer(x, torch.tensor([0, 1, 2, 0]))
+    with pytest.raises(ValueError, match="must be >= 0"):
+        layer(x, torch.tensor([0, -1, 1, 0]))
+    with pytest.raises(ValueError, match="clusters has shape \\(3,\\)"):
+        layer(x, torch.tensor([0, 1, 1]))
+    with pytest.raises(ValueError, match="positive integer"):
+        ClusterLinear(0, 2)
