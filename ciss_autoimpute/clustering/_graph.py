@@ -148,7 +148,7 @@ def leiden(
             g,
             la.CPMVertexPartition,
             weights="weight",
-            node_sizes=sizes.tolist(),
+            node_sizes=sizes.astype(np.int64).tolist(),
             resolution_parameter=float(resolution * density),
             seed=int(seed),
             n_iterations=_N_ITERATIONS,

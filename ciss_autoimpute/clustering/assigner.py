@@ -126,10 +126,10 @@ class MissingnessAssigner:
         codes, _ = validate_labels(labels, values.shape[0])
         n_clusters = int(codes.max()) + 1
         patterns, inverse, counts = unique_rows(values)
-        # Majority label of each pattern's rows (ties -> smaller label).
         from scipy import sparse
 
-        # Rows per (pattern, label); duplicates are summed on conversion.
+        # Rows per (pattern, label) (duplicates are summed on conversion); each
+        # pattern takes its rows' majority label, ties going to the smaller label.
         table = sparse.coo_matrix(
             (np.ones(len(codes)), (inverse, codes)), shape=(len(patterns), n_clusters)
         ).tocsr()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import warnings
@@ -18,6 +19,8 @@ from .assigner import MissingnessAssigner, centroids_of, nearest_centroid, vote
 from .silhouette import PatternSample, labelled_sample
 
 __all__ = ["ClusteringResult", "cluster_missingness", "default_min_cluster_size", "user_clustering"]
+
+logger = logging.getLogger(__name__)
 
 _OBJECTIVES = {"cpm": "CPM", "modularity": "modularity"}
 _GRAPHS = ("knn", "snn")
@@ -389,7 +392,7 @@ def cluster_missingness(
     groups or split a few of them in two, which the silhouette merge below undid
     (adjusted Rand >= 0.999 in all seven scenarios we tried). CPM on kNN graphs
     leaves every sparsely connected noise pattern in a community of its own
-    (100-300 communities on the same masks), so it leans on the size-based
+    (110-310 communities on the same masks), so it leans on the size-based
     merging and warns on nearly every noisy mask. A fixed CPM resolution (e.g.
     CISS-VAE's 0.5) is an absolute density threshold whose meaning changes with
     ``n`` and ``k`` and shatters kNN graphs (CISS-VAE returns 163 clusters for 178
@@ -463,7 +466,6 @@ def cluster_missingness(
     pattern_labels: np.ndarray | None = None
     method = "pooled"
     pooled_why = None
-    sample: PatternSample | None = None
     if n_cols == 0:
         pooled_why = "the mask has no columns"
     elif not values.any():
@@ -542,6 +544,7 @@ def cluster_missingness(
         + (" (proportion matrix)" if proportion else "")
         + f" -> {n_found} cluster(s), method '{method}'.",
     )
+    logger.info("Missingness clustering: %s", " ".join(notes))
     for message in notes.fallbacks:
         # Raised here, not where they happen, so the warning points at the caller.
         warnings.warn(message, ClusteringFallbackWarning, stacklevel=2)

@@ -6,7 +6,16 @@ from importlib import resources
 
 import pandas as pd
 
-__all__ = ["load_example"]
+__all__ = ["load_example", "available_benchmarks", "load_benchmark"]
+
+
+def __getattr__(name: str):
+    # Benchmark loaders import optional packages; keep them out of the import path.
+    if name in ("available_benchmarks", "load_benchmark"):
+        from . import benchmarks
+
+        return getattr(benchmarks, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_example() -> pd.DataFrame:

@@ -24,9 +24,9 @@ the global random state.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -102,51 +102,61 @@ def normalise_layer_order(order: Sequence[str], *, n_layers: int, name: str = "l
     return out
 
 
-@dataclass(frozen=True)
 class ClusterIndex:
     """Rows grouped by cluster: computed once, reused by every cluster-specific layer.
+
+    Build it with :meth:`build`, which checks the ids. The sort is computed on
+    first use only, since small layers never need it.
 
     Attributes
     ----------
     clusters
         int64 ``[n]`` cluster id per (flattened) row.
-    order
-        Row permutation that sorts rows by cluster (stable).
-    inverse
-        The inverse permutation (puts sorted rows back).
-    counts
-        Rows per cluster, ``len == n_clusters`` (a Python list: segment sizes).
+    n_clusters
+        Number of clusters the ids range over.
     """
 
-    clusters: torch.Tensor
-    order: torch.Tensor
-    inverse: torch.Tensor
-    counts: tuple[int, ...]
+    def __init__(self, clusters: torch.Tensor, n_clusters: int) -> None:
+        self.clusters = clusters
+        self.n_clusters = n_clusters
 
     @classmethod
     def build(cls, clusters: torch.Tensor, n_clusters: int) -> "ClusterIndex":
         """Group ``clusters`` (int ``[n]``, values in ``0 .. n_clusters - 1``)."""
         clusters = clusters.reshape(-1).long()
-        if clusters.numel() and int(clusters.min()) < 0:
-            raise ValueError(
-                f"cluster ids must be >= 0, got {int(clusters.min())}; number clusters 0..{n_clusters - 1}."
-            )
-        order = torch.argsort(clusters, stable=True)
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel(), device=order.device)
-        counts = tuple(int(c) for c in torch.bincount(clusters, minlength=n_clusters).tolist())
-        if len(counts) > n_clusters:
-            raise ValueError(
-                f"clusters holds id {len(counts) - 1} but the layer has only {n_clusters} clusters "
-                f"(ids 0..{n_clusters - 1}); rebuild the model with the right n_clusters."
-            )
-        return cls(clusters=clusters, order=order, inverse=inverse, counts=counts)
+        if clusters.numel():
+            lo, hi = (int(v) for v in torch.aminmax(clusters))
+            if lo < 0:
+                raise ValueError(f"cluster ids must be >= 0, got {lo}; number clusters 0..{n_clusters - 1}.")
+            if hi >= n_clusters:
+                raise ValueError(
+                    f"clusters holds id {hi} but the layer has only {n_clusters} clusters "
+                    f"(ids 0..{n_clusters - 1}); rebuild the model with the right n_clusters."
+                )
+        return cls(clusters, n_clusters)
+
+    @functools.cached_property
+    def order(self) -> torch.Tensor:
+        """Row permutation that sorts rows by cluster (stable)."""
+        return torch.argsort(self.clusters, stable=True)
+
+    @functools.cached_property
+    def inverse(self) -> torch.Tensor:
+        """The inverse of :attr:`order` (puts sorted rows back)."""
+        inverse = torch.empty_like(self.order)
+        inverse[self.order] = torch.arange(self.order.numel(), device=self.order.device)
+        return inverse
+
+    @functools.cached_property
+    def counts(self) -> tuple[int, ...]:
+        """Rows per cluster (segment sizes of the sorted rows), ``len == n_clusters``."""
+        return tuple(int(c) for c in torch.bincount(self.clusters, minlength=self.n_clusters).tolist())
 
     def expand(self, repeats: int) -> "ClusterIndex":
         """The index of ``repeats`` stacked copies of the rows (leading sample dims)."""
         if repeats == 1:
             return self
-        return ClusterIndex.build(self.clusters.repeat(repeats), len(self.counts))
+        return ClusterIndex(self.clusters.repeat(repeats), self.n_clusters)
 
 
 def _uniform_(tensor: torch.Tensor, bound: float, generator: torch.Generator) -> None:
@@ -238,9 +248,9 @@ class ClusterLinear(nn.Module):
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.in_features)
         index = clusters if isinstance(clusters, ClusterIndex) else _index_for(clusters, lead, self.n_clusters)
-        if index.order.numel() != flat.shape[0]:
+        if index.clusters.numel() != flat.shape[0]:
             raise ValueError(
-                f"clusters describes {index.order.numel()} rows but x has {flat.shape[0]} "
+                f"clusters describes {index.clusters.numel()} rows but x has {flat.shape[0]} "
                 f"(shape {tuple(x.shape)}); pass one cluster id per row."
             )
         n_rows = flat.shape[0]

@@ -1,22 +1,43 @@
-"""Search spaces, presets, storage resolution and ``autotune``."""
+"""Search spaces, presets, storage resolution and ``autotune``.
 
-from .autotune import PruningCallback, TuneResult, autotune, make_objective
-from .params import Categorical, Fixed, Float, Int, as_param
-from .search_space import SearchSpace, TrialConfig
-from .storage import mask_url, resolve_storage
+Names are imported on first use so that, e.g., resolving a storage URL does not load torch.
+"""
 
-__all__ = [
-    "SearchSpace",
-    "TrialConfig",
-    "Float",
-    "Int",
-    "Categorical",
-    "Fixed",
-    "as_param",
-    "autotune",
-    "TuneResult",
-    "PruningCallback",
-    "make_objective",
-    "resolve_storage",
-    "mask_url",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "SearchSpace": ".search_space",
+    "TrialConfig": ".search_space",
+    "Float": ".params",
+    "Int": ".params",
+    "Categorical": ".params",
+    "Fixed": ".params",
+    "as_param": ".params",
+    "autotune": ".autotune",
+    "TuneResult": ".autotune",
+    "PruningCallback": ".autotune",
+    "make_objective": ".autotune",
+    "default_sampler": ".autotune",
+    "default_pruner": ".autotune",
+    "resolve_storage": ".storage",
+    "mask_url": ".storage",
+    "available_presets": ".presets",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -18,7 +18,7 @@ import pandas as pd
 
 from ..exceptions import TrainingDivergedError
 
-__all__ = ["autotune", "TuneResult", "PruningCallback", "make_objective"]
+__all__ = ["autotune", "TuneResult", "PruningCallback", "make_objective", "default_sampler", "default_pruner"]
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +201,8 @@ def make_objective(space: Any, dataset: Any, *, seed: int = 0, device: Any = Non
     return _Objective(space, dataset, seed=seed, device=device, artifact_store=None)
 
 
-def _default_sampler(seed: int) -> Any:
+def default_sampler(seed: int) -> Any:
+    """The sampler ``autotune`` uses by default: seeded TPE, multivariate and grouped."""
     import warnings
 
     import optuna
@@ -212,7 +213,8 @@ def _default_sampler(seed: int) -> Any:
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=5)
 
 
-def _default_pruner() -> Any:
+def default_pruner() -> Any:
+    """The pruner ``autotune`` uses by default: median of earlier trials after each refit loop."""
     import optuna
 
     return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
@@ -335,8 +337,8 @@ def autotune(
     try:
         study = optuna.create_study(
             storage=resolved,
-            sampler=sampler if sampler is not None else _default_sampler(seed),
-            pruner=pruner if pruner is not None else _default_pruner(),
+            sampler=sampler if sampler is not None else default_sampler(seed),
+            pruner=pruner if pruner is not None else default_pruner(),
             study_name=study_name,
             direction="minimize",
             load_if_exists=load_if_exists,
