@@ -66,6 +66,7 @@ def run_imputation(
     storage: Any = None,
     study_name: str | None = None,
     show_progress: bool = False,
+    callbacks: Sequence[Any] = (),
 ) -> ImputationResult:
     """Impute every missing cell of ``data`` with good defaults.
 
@@ -93,6 +94,9 @@ def run_imputation(
         Where the ``auto`` study is kept (default in memory).
     show_progress
         Show a progress bar over trials.
+    callbacks
+        Training callbacks (e.g. :class:`ciss_autoimpute.progress.TrainingProgress`)
+        added to the single fit or to every trial.
 
     Returns
     -------
@@ -162,7 +166,7 @@ def run_imputation(
             study_name=study_name,
             seed=seed,
             show_progress=show_progress,
-            trial_callbacks=[TimeBudget(budget)],
+            trial_callbacks=[TimeBudget(budget, shared=True), *callbacks],
         )
         imputer = tuned.imputer
         return ImputationResult(
@@ -185,7 +189,7 @@ def run_imputation(
         seed=seed,
         device=device,
     )
-    imputer.fit_dataset(dataset)
+    imputer.fit_dataset(dataset, callbacks=callbacks)
     return ImputationResult(
         imputed=_like_input(data, imputer.fit_imputed_.copy()),
         imputer=imputer,

@@ -248,8 +248,8 @@ class Imputer(TransformerMixin, BaseEstimator):
             check_same_columns(frame, self.columns_)
         elif frame.shape[1] != self.n_features_in_:
             raise ValueError(
-                f"X has {frame.shape[1]} columns but the Imputer was fitted on {self.n_features_in_}; "
-                "pass the same columns in the same order."
+                f"X has {frame.shape[1]} features, but Imputer is expecting {self.n_features_in_} features "
+                "as input; pass the same columns in the same order as in fit."
             )
         else:
             frame.columns = self.columns_

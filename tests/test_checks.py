@@ -67,14 +67,33 @@ def test_to_frame_tensor_is_copied_to_cpu_frame():
         ([[1, 2], [3, 4]], r"X must be a pandas DataFrame.*got builtins\.list.*pd\.DataFrame\(X\)"),
         ({"a": [1, 2]}, r"X must be a pandas DataFrame.*got builtins\.dict"),
         (pd.Series([1.0, 2.0]), r"X must be a 2-D table, got a pandas Series; use series\.to_frame\(\)"),
-        (np.arange(5.0), r"X must be two-dimensional.*1-D numpy array of shape \(5,\).*reshape\(-1, 1\)"),
-        (np.zeros((2, 3, 4)), r"X must be two-dimensional.*3-D numpy array of shape \(2, 3, 4\)"),
-        (torch.zeros(2, 3, 4), r"X must be two-dimensional.*torch tensor of shape \(2, 3, 4\)"),
     ],
 )
 def test_to_frame_rejects_wrong_types_naming_argument_type_and_fix(data, match):
     with pytest.raises(TypeError, match=match):
         to_frame(data, argument="X")
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (np.arange(5.0), r"X must be two-dimensional.*1-D numpy array of shape \(5,\).*reshape\(-1, 1\)"),
+        (np.zeros((2, 3, 4)), r"X must be two-dimensional.*3-D numpy array of shape \(2, 3, 4\)"),
+        (torch.zeros(2, 3, 4), r"X must be two-dimensional.*torch tensor of shape \(2, 3, 4\)"),
+    ],
+)
+def test_to_frame_rejects_wrong_shapes_as_value_errors(data, match):
+    # A wrong shape is a bad value, not a bad type (scikit-learn's convention).
+    with pytest.raises(ValueError, match=match):
+        to_frame(data, argument="X")
+
+
+def test_to_frame_accepts_array_likes():
+    class ArrayLike:
+        def __array__(self, dtype=None, copy=None):
+            return np.array([[1.0, np.nan], [2.0, 3.0]])
+
+    assert to_frame(ArrayLike()).shape == (2, 2)
 
 
 # ---------------------------------------------------------------------------- check_frame
@@ -93,7 +112,7 @@ def test_check_frame_empty():
 
 
 def test_check_frame_too_few_rows():
-    with pytest.raises(ValueError, match=r"got 4 rows; need at least 10 rows.*pass more rows"):
+    with pytest.raises(ValueError, match=r"got 4 rows \(n_samples=4\); need at least 10 rows.*pass more rows"):
         check_frame(_good(4))
     check_frame(_good(4), min_rows=4)
 

@@ -88,7 +88,9 @@ def to_frame(data: Any, *, argument: str = "data") -> pd.DataFrame:
     Raises
     ------
     TypeError
-        ``data`` is not one of the accepted types or is not two-dimensional.
+        ``data`` is not one of the accepted types.
+    ValueError
+        ``data`` is not two-dimensional.
 
     Examples
     --------
@@ -108,11 +110,14 @@ def to_frame(data: Any, *, argument: str = "data") -> pd.DataFrame:
             # numpy has no bfloat16; float32 holds both exactly.
             tensor = tensor.to(torch.float32)
         if tensor.ndim != 2:
-            raise TypeError(
+            raise ValueError(
                 f"{argument} must be two-dimensional (rows x columns), got a torch tensor of shape "
                 f"{tuple(tensor.shape)}; reshape it to 2-D (e.g. tensor.reshape(len(tensor), -1))."
             )
         return _frame_from_array(tensor.numpy(), argument=argument, what="torch tensor")
+    if not isinstance(data, (pd.Series, str, bytes, dict, list, tuple)) and hasattr(data, "__array__"):
+        # Other array-likes (e.g. xarray, dask in memory, scikit-learn's test wrappers).
+        return _frame_from_array(np.asarray(data), argument=argument, what="array-like")
     if isinstance(data, pd.Series):
         raise TypeError(
             f"{argument} must be a 2-D table, got a pandas Series; use series.to_frame() "
@@ -127,10 +132,10 @@ def to_frame(data: Any, *, argument: str = "data") -> pd.DataFrame:
 
 def _frame_from_array(arr: np.ndarray, *, argument: str, what: str) -> pd.DataFrame:
     if arr.ndim != 2:
-        hint = "arr.reshape(-1, 1) for a single column" if arr.ndim == 1 else "reshape it to rows x columns"
-        raise TypeError(
+        hint = "arr.reshape(-1, 1) for a single column" if arr.ndim == 1 else "to rows x columns"
+        raise ValueError(
             f"{argument} must be two-dimensional (rows x columns), got a {arr.ndim}-D {what} of shape "
-            f"{arr.shape}; use {hint}."
+            f"{arr.shape}. Reshape your data, e.g. {hint}."
         )
     if arr.dtype.fields is not None:
         raise TypeError(
@@ -265,12 +270,13 @@ def check_frame(
     n, p = df.shape
     if p == 0 or n == 0:
         raise ValueError(
-            f"The data is empty: got {n} rows and {p} columns; pass a table with at least "
+            f"The data is empty: got {n} rows and {p} columns, i.e. {p} feature(s) (shape=({n}, {p})) while a "
+            f"minimum of 1 is required; pass a table with at least "
             f"{min_rows} rows and one column."
         )
     if n < min_rows:
         raise ValueError(
-            f"The data has too few rows: got {n} rows; need at least {min_rows} rows to fit a model "
+            f"The data has too few rows: got {n} rows (n_samples={n}); need at least {min_rows} rows to fit a model "
             "and hold out validation cells. Fix: pass more rows."
         )
     if isinstance(df.columns, pd.MultiIndex):
@@ -298,6 +304,8 @@ def _column_problems(name: Hashable, series: pd.Series, declared: str | None) ->
     col = f"column {name!r}"
     dtype = series.dtype
     if not _supported_dtype(dtype):
+        if getattr(dtype, "kind", "") == "c":
+            return [f"{col} holds complex numbers (Complex data not supported); keep the real part or split it into two columns."]
         return [
             f"{col} has dtype {dtype}, which cannot be imputed; convert it to numbers (e.g. days "
             "since a reference date) or strings, or drop it."

@@ -186,17 +186,23 @@ class TimeBudget(Callback):
     ----------
     seconds
         Wall-time budget (> 0) counted from the start of ``fit``.
+    shared
+        Count the budget from the first ``fit`` this callback sees and share it with
+        every later ``fit`` (all the trials of one time-bounded study), instead of
+        restarting it per fit.
     """
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, *, shared: bool = False) -> None:
         if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not math.isfinite(seconds) \
                 or seconds <= 0:
             raise ValueError(f"TimeBudget seconds must be a positive number, got {seconds!r}; pass e.g. 600.")
         self.seconds = float(seconds)
+        self.shared = bool(shared)
         self._start: float | None = None
 
     def on_fit_start(self, trainer: "Trainer", data: "EncodedData") -> None:
-        self._start = time.perf_counter()
+        if not (self.shared and self._start is not None):
+            self._start = time.perf_counter()
 
     def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None:
         if self._start is not None and time.perf_counter() - self._start >= self.seconds:
