@@ -28,6 +28,8 @@ _EXPORTS = {
     "Imputer": "ciss_autoimpute.imputer",
     "run_imputation": "ciss_autoimpute.api",
     "ImputationResult": "ciss_autoimpute.api",
+    "pool": "ciss_autoimpute.pooling",
+    "pool_function": "ciss_autoimpute.pooling",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -8,6 +8,7 @@ __all__ = [
     "CissAutoimputeWarning",
     "NothingMissingWarning",
     "ClusteringFallbackWarning",
+    "SamplingWarning",
     "TrainingDivergedError",
     "StorageError",
     "NotFittedError",
@@ -25,6 +26,10 @@ class NothingMissingWarning(CissAutoimputeWarning):
 
 class ClusteringFallbackWarning(CissAutoimputeWarning):
     """Clustering merged small clusters or pooled all rows into one cluster."""
+
+
+class SamplingWarning(CissAutoimputeWarning):
+    """Multiple imputations may be poorly calibrated (e.g. a fixed-variance likelihood)."""
 
 
 class TrainingDivergedError(RuntimeError):

@@ -294,31 +294,186 @@ class Imputer(TransformerMixin, BaseEstimator):
         self.fit(X, y, **fit_params)
         return _like_input(X, self.fit_imputed_.copy())
 
-    def sample(self, X: Any, n: int = 5, *, seed: int = 0) -> list[pd.DataFrame]:
-        """``n`` completed copies of ``X`` drawn from the model (multiple imputation)."""
+    def sample(
+        self,
+        X: Any,
+        n: int = 5,
+        *,
+        method: str | None = None,
+        seed: int = 0,
+        long: bool = False,
+        **sampler_options: Any,
+    ) -> list[pd.DataFrame] | pd.DataFrame:
+        """Multiple imputation: ``n`` completed copies of ``X`` drawn from the model.
+
+        Each copy fills the missing cells with a draw from the fitted model's
+        conditional distribution of the missing cells given the observed ones (see
+        :mod:`ciss_autoimpute.sampling`); observed cells are never changed. Analyse
+        every copy and combine the results with
+        :func:`ciss_autoimpute.pooling.pool_function` (Rubin's rules).
+
+        Parameters
+        ----------
+        X
+            DataFrame, array or tensor with the fitted columns (the training data or
+            new rows).
+        n
+            Number of completed copies (``m`` in the multiple-imputation literature).
+        method
+            ``"lair"`` (latent-adaptive importance resampling), ``"mwg"``
+            (Metropolis-within-Gibbs), ``"pseudo_gibbs"`` or ``"sir"`` (sampling
+            importance resampling; MIWAE and not-MIWAE only). ``None``: ``"sir"`` for
+            the importance-weighted families, ``"lair"`` otherwise.
+        seed
+            Seed of the draws; the same seed gives the same draws on CPU.
+        long
+            ``True`` returns one frame stacking the copies, with a first column
+            ``imputation`` (1 .. n) and the original index repeated.
+        **sampler_options
+            ``chains``, ``iterations``, ``burn_in``, ``thinning`` (``"mwg"``,
+            ``"pseudo_gibbs"``, ``"lair"``), ``importance_samples`` (``"lair"``,
+            ``"sir"``), ``prior_proposals`` (``"lair"``); see
+            :class:`~ciss_autoimpute.sampling.SamplerConfig`.
+
+        Returns
+        -------
+        list of pandas.DataFrame or pandas.DataFrame
+            ``n`` frames with ``X``'s index, columns and dtypes, or the long frame.
+
+        Raises
+        ------
+        ValueError
+            Bad ``n``, a method the family does not support (the message lists the
+            valid ones), an unknown or bad sampler option, or columns that do not match.
+
+        Examples
+        --------
+        >>> import numpy as np, pandas as pd
+        >>> rng = np.random.default_rng(0)
+        >>> df = pd.DataFrame(rng.normal(size=(60, 3)), columns=list("abc"))
+        >>> df.iloc[::4, 0] = np.nan
+        >>> imp = Imputer(model="vae", train_params={"epochs": 3, "max_loops": 1}, device="cpu").fit(df)
+        >>> copies = imp.sample(df, n=3, method="lair", seed=0)
+        >>> len(copies), bool(copies[0].isna().any().any())
+        (3, False)
+        """
         from .data.checks import to_frame
+        from .sampling import SamplerConfig, check_method, sample_conditional
 
         self._check_fitted()
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"n must be an integer >= 1, got {n!r}.")
+            raise ValueError(f"n must be an integer >= 1 (the number of completed copies), got {n!r}.")
+        n = int(n)
+        method = check_method(self.model_, method)
+        SamplerConfig.resolve(method, n, **sampler_options)  # every option checked before any work
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"seed must be an integer, got {seed!r}.")
+        if not isinstance(long, bool):
+            raise TypeError(f"long must be True or False, got {long!r}.")
         frame = to_frame(X, argument="X")
         if not isinstance(X, pd.DataFrame):
+            if frame.shape[1] != self.n_features_in_:
+                raise ValueError(
+                    f"X has {frame.shape[1]} columns but the Imputer was fitted on {self.n_features_in_}; "
+                    "pass the same columns in the same order."
+                )
             frame.columns = self.columns_
-        base = self.transform(frame)
-        values, observed = self.schema_.encode(frame)
-        filled, _ = self.schema_.encode(base)
-        labels = self._assign(frame, None)
-        dev = next(self.model_.parameters()).device
-        gen = torch.Generator(device=dev).manual_seed(int(seed))
-        with torch.no_grad():
-            draws = self.model_.sample_imputations(
+        if long and "imputation" in frame.columns:
+            raise ValueError(
+                "X already has a column named 'imputation', which long=True adds; rename it or use long=False."
+            )
+        values, observed = self.schema_.encode(frame, argument="X")
+        if len(frame) and (~observed).any():
+            base = self.transform(frame)  # the single imputation: where every chain starts
+            filled, _ = self.schema_.encode(base, argument="X")
+            labels = self._assign(frame, None)
+            dev = next(self.model_.parameters()).device
+            gen = torch.Generator(device=dev).manual_seed(int(seed))
+            out = sample_conditional(
+                self.model_,
                 torch.from_numpy(filled).to(dev),
                 torch.from_numpy(observed).to(dev),
                 torch.from_numpy(labels).to(dev),
-                int(n),
+                n,
+                method=method,
                 generator=gen,
+                **sampler_options,
             )
-        return [self.schema_.decode(d.cpu().numpy(), frame) for d in draws]
+            logger.info("sampled %d imputations with %s %s: %s", n, method, out.config.as_dict(), out.diagnostics)
+            frames = [self.schema_.decode(d, frame) for d in out.draws]
+        else:
+            frames = [frame.copy() for _ in range(n)]
+        if not long:
+            return frames
+        stacked = []
+        for i, f in enumerate(frames, start=1):
+            f = f.copy()
+            f.insert(0, "imputation", i)
+            stacked.append(f)
+        return pd.concat(stacked, axis=0)
+
+    def intervals(
+        self,
+        X: Any,
+        level: float = 0.9,
+        *,
+        n: int = 100,
+        method: str | None = None,
+        seed: int = 0,
+        **sampler_options: Any,
+    ) -> pd.DataFrame:
+        """Per-cell uncertainty intervals for the numeric columns.
+
+        The equal-tailed ``level`` interval of ``n`` draws from :meth:`sample`: the
+        ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of each missing cell's
+        draws, on the user's scale (integer columns: of the rounded draws). An observed
+        cell gets ``lower == upper ==`` its value.
+
+        Parameters
+        ----------
+        X
+            Data with the fitted columns.
+        level
+            Coverage of each interval, in ``(0, 1)``.
+        n
+            Draws per cell (>= 2; a few hundred give stable tail quantiles).
+        method, seed, **sampler_options
+            As for :meth:`sample`.
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``X``'s index; columns ``(column, "lower")`` and ``(column, "upper")`` (a
+            two-level column index named ``column``/``bound``) for each numeric column,
+            float64. ``out.xs("lower", axis=1, level="bound")`` gives the lower bounds.
+
+        Raises
+        ------
+        ValueError
+            ``level`` outside ``(0, 1)``, ``n < 2``, or no numeric column.
+        """
+        self._check_fitted()
+        if isinstance(level, bool) or not isinstance(level, (int, float, np.floating)) or not 0.0 < float(level) < 1.0:
+            raise ValueError(f"level must be a number strictly between 0 and 1 (e.g. 0.9), got {level!r}.")
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
+            raise ValueError(f"n must be an integer >= 2 (draws per cell; e.g. 100), got {n!r}.")
+        numeric = [spec.name for spec in self.schema_.specs if spec.kind == "numeric"]
+        if not numeric:
+            raise ValueError(
+                "intervals() covers numeric columns and the fitted data has none; use sample() and "
+                "tabulate the imputed categories instead."
+            )
+        draws = self.sample(X, n=int(n), method=method, seed=seed, **sampler_options)
+        lo_q, hi_q = (1.0 - float(level)) / 2.0, (1.0 + float(level)) / 2.0
+        blocks = {}
+        for name in numeric:
+            stacked = np.stack([d[name].to_numpy(dtype=np.float64, na_value=np.nan) for d in draws])
+            # Observed cells are identical in every copy, so their quantiles are the value itself.
+            blocks[(name, "lower")] = np.quantile(stacked, lo_q, axis=0)
+            blocks[(name, "upper")] = np.quantile(stacked, hi_q, axis=0)
+        out = pd.DataFrame(blocks, index=draws[0].index)
+        out.columns = pd.MultiIndex.from_tuples(list(blocks), names=["column", "bound"])
+        return out
 
     # ------------------------------------------------------------------ persistence
     def _config(self) -> dict[str, Any]:

@@ -122,7 +122,7 @@ def test_load_rejects_tampered_and_foreign_files(tmp_path):
 def test_sample_draws_vary_only_in_missing_cells():
     df, _ = _correlated()
     imp = Imputer(model="miwae", train_params=FAST, device="cpu").fit(df)
-    draws = imp.sample(df.iloc[:30], n=3, seed=0)
+    draws = imp.sample(df.iloc[:30], n=3, seed=0, importance_samples=100)
     assert len(draws) == 3
     obs = df.iloc[:30].notna().to_numpy()
     for d in draws:

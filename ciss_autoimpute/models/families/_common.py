@@ -139,6 +139,18 @@ class LatentModel(ImputationModel):
         )
         self.reset_parameters(seed)
 
+    #: True when the family models which cells go missing, ``p(s | x)`` (not-MIWAE);
+    #: conditional samplers then also weight their draws by :meth:`missingness_log_prob`.
+    models_missingness: bool = False
+
+    def missingness_log_prob(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``log p(s | x)`` per row ``[..., n]`` for completed rows ``x [..., n, d]``.
+
+        ``s`` is ``mask`` (observed cells). Zero for families without a model of the
+        missingness; not-MIWAE overrides it.
+        """
+        return x.new_zeros(x.shape[:-1])
+
     # -------------------------------------------------------------- hooks for subclasses
     @classmethod
     def _check_params(cls, p: dict[str, Any]) -> dict[str, Any]:

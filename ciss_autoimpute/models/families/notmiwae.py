@@ -243,6 +243,12 @@ class NotMIWAE(MIWAE):
     def _reset_extra(self, generator: torch.Generator) -> None:
         self.missing.reset_parameters(generator)
 
+    models_missingness = True
+
+    def missingness_log_prob(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``log p(s | x)`` of the learned missing process, per row ``[..., n]``."""
+        return self.missing.log_prob(x, mask)
+
     # ------------------------------------------------------------------ bound pieces
     def _log_weights(
         self, s: dict[str, torch.Tensor], x: torch.Tensor, mask: torch.Tensor, generator: torch.Generator
