@@ -18,6 +18,7 @@ Examples
     ciss-autoimpute tune penguins.csv --space quick --trials 20 --storage sqlite:///studies.db \\
         --study penguins -o imputed.csv --report report/
     ciss-autoimpute worker --storage sqlite:///studies.db --study penguins --trials 10
+    ciss-autoimpute worker --storage postgresql://ana@db/studies --study penguins --study-trials 200
     ciss-autoimpute inspect sqlite:///studies.db
     ciss-autoimpute dashboard sqlite:///studies.db --port 8080
 """
@@ -362,6 +363,10 @@ def _cmd_impute(args: argparse.Namespace) -> int:
     model_params = _json_object(args.model_params, "--model-params")
     train_params = _json_object(args.train_params, "--train-params")
     frame = read_table(args.input, na_values=args.na_values, index_col=args.index_col)
+    if args.multiple is not None and "imputation" in frame.columns:
+        raise UsageError(
+            "--multiple adds a column named 'imputation', and INPUT already has one; rename that column"
+        )
     from .api import run_imputation  # torch and friends: only once the input is known to be readable
 
     progress = _progress(args)
@@ -384,7 +389,18 @@ def _cmd_impute(args: argparse.Namespace) -> int:
         result = run_imputation(frame, **kwargs)
     finally:
         progress.close()
-    write_table(result.imputed, output, index=args.index_col is not None)
+    if args.multiple is None:
+        write_table(result.imputed, output, index=args.index_col is not None)
+    else:
+        # Multiple imputation: the M completed copies stacked, with an 'imputation' column (1..M).
+        if result.imputer is not None:
+            stacked = result.imputer.sample(frame, n=args.multiple, seed=args.seed, long=True)
+        else:
+            import pandas as pd
+
+            stacked = pd.concat([frame.assign(imputation=i) for i in range(1, args.multiple + 1)])
+            stacked = stacked[["imputation", *frame.columns]]
+        write_table(stacked, output, index=args.index_col is not None)
     n_missing = int(frame.isna().to_numpy().sum())
     if result.imputer is None:
         _say(args, f"nothing was missing; wrote an unchanged copy to {str(output)!r}")
@@ -396,7 +412,9 @@ def _cmd_impute(args: argparse.Namespace) -> int:
     _say(
         args,
         f"imputed {n_missing} missing cells in {len(frame)} rows with {result.model} "
-        f"(validation error {result.validation_error:.4g}); wrote {str(output)!r}"
+        f"(validation error {result.validation_error:.4g})"
+        + (f", drew {args.multiple} completed copies" if args.multiple is not None else "")
+        + f"; wrote {str(output)!r}"
         + (f" and model {args.save_model!r}" if args.save_model else ""),
     )
     return EXIT_OK
@@ -515,8 +533,25 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _worker_storage(args: argparse.Namespace) -> Any:
+    """The study's storage, with this worker's heartbeat setting (database URLs)."""
+    from .tuning.storage import is_server_url, resolve_storage
+
+    if args.heartbeat is not None and not is_server_url(args.storage):
+        raise UsageError(
+            f"--heartbeat needs a database URL (postgresql://...); {args.storage!r} keeps no heartbeats"
+        )
+    file = _storage_file(args.storage)
+    if file is not None and not file.expanduser().is_file():
+        # Opening it would silently create an empty database.
+        raise UsageError(
+            f"no study database at {str(file)!r}; run '{PROG} tune INPUT --storage {args.storage} ...' first"
+        )
+    return resolve_storage(args.storage, heartbeat_interval=args.heartbeat)
+
+
 def _cmd_worker(args: argparse.Namespace) -> int:
-    storage_obj = _open_existing_storage(args.storage)
+    storage_obj = _worker_storage(args)
     study = _load_study(storage_obj, args.study, args.storage)
     attrs = study.user_attrs
     missing = [k for k in ("data_path", "seed", "search_space") if k not in attrs]
@@ -538,26 +573,36 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
     options = dict(attrs.get("data_options") or {})
     seed = int(attrs["seed"])
+    # A study made by autotune() in Python records its holdout settings in the fingerprint.
+    holdout = (attrs.get("data_fingerprint") or {}).get("holdout") or {}
+    if "val_proportion" not in options and "val_proportion" in holdout:
+        options["val_proportion"] = holdout["val_proportion"]
+    data_seed = int(holdout.get("seed", seed))
     space = SearchSpace.from_dict(attrs["search_space"])
     frame = read_table(data_path, na_values=options.get("na_values"), index_col=options.get("index_col"))
-    dataset = _dataset(frame, options, seed=seed, device=args.device)
+    dataset = _dataset(frame, options, seed=data_seed, device=args.device)
     # Workers started together must not propose the same trials: each seeds its own sampler.
     sampler_seed = args.sampler_seed if args.sampler_seed is not None else (seed * 1_000_003 + os.getpid()) % 2**31
+    n_trials = args.trials
+    if n_trials is None and args.study_trials is None and args.timeout is None:
+        n_trials = 10
 
     progress = _progress(args)
     try:
         tuned = autotune(
             space,
             dataset,
-            n_trials=args.trials,
+            n_trials=n_trials,
             timeout=args.timeout,
-            storage=args.storage,
+            storage=storage_obj,
             study_name=args.study,
             load_if_exists=True,
             sampler=default_sampler(sampler_seed),
             seed=seed,
             show_progress=not _quiet(args),
             trial_callbacks=[progress],
+            study_trials=args.study_trials,
+            artifact_dir=args.artifact_dir,
         )
     finally:
         progress.close()
@@ -733,6 +778,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-params", metavar="JSON",
                    help="training settings, e.g. '{\"epochs\": 50, \"max_loops\": 2}' (single family only)")
     p.add_argument("--save-model", metavar="PATH", help="also save the fitted imputer (load with Imputer.load)")
+    p.add_argument("--multiple", type=_positive_int, metavar="M",
+                   help="multiple imputation: write M completed copies drawn from the model, stacked, with an "
+                        "'imputation' column (1..M)")
     _add_data_options(p)
     p.set_defaults(func=_cmd_impute)
 
@@ -760,9 +808,19 @@ def build_parser() -> argparse.ArgumentParser:
                                    "file must exist at the path the study recorded.")
     p.add_argument("--storage", required=True, metavar="URL", help="the study's storage")
     p.add_argument("--study", required=True, metavar="NAME", help="the study's name")
-    p.add_argument("--trials", type=_positive_int, default=10, metavar="N", help="trials to run (default 10)")
+    p.add_argument("--trials", type=_positive_int, metavar="N",
+                   help="trials this worker runs (default 10, or no limit with --study-trials/--timeout)")
+    p.add_argument("--study-trials", type=_positive_int, metavar="N",
+                   help="stop when the study holds N finished (complete or pruned) trials, counting every "
+                        "worker's; the trial of a worker that died is run again and counted once")
     p.add_argument("--timeout", type=_positive_float, metavar="SECONDS", help="stop starting trials after this long")
-    p.add_argument("--device", help="torch device (default: cuda when available)")
+    p.add_argument("--device", help="torch device, one worker per GPU: cuda:0, cuda:1, ... (default: cuda when "
+                                    "available)")
+    p.add_argument("--artifact-dir", metavar="DIR",
+                   help="folder for best-model files, shared by all workers (default: the one the study recorded)")
+    p.add_argument("--heartbeat", type=_positive_int, metavar="SECONDS",
+                   help="database URLs: seconds between heartbeats of a running trial; a trial silent for twice "
+                        "that long is failed and run again (default 10)")
     p.add_argument("--sampler-seed", type=_seed, metavar="SEED",
                    help="seed of this worker's sampler (default: derived from the process id)")
     p.set_defaults(func=_cmd_worker)

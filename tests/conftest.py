@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
-import pytest
+import os
+
+# Tiny models run fastest on one thread, and a busy 2-core machine makes torch's default
+# of one thread per core crawl. Subprocesses (command-line tests, workers) inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
 
 
 def _mixed_complete() -> pd.DataFrame:

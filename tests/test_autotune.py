@@ -197,3 +197,28 @@ def test_autotune_beats_iterative_imputer_on_correlated_mcar():
     mice = IterativeImputer(random_state=0, max_iter=10).fit_transform(df.to_numpy())
     theirs = np.sqrt(np.mean(((mice - full) / std)[miss] ** 2))
     assert ours < theirs, (ours, theirs)
+
+
+def test_resumed_study_does_not_repeat_first_session_configs(tmp_path, dataset):
+    url = f"sqlite:///{tmp_path / 'resume.db'}"
+    first = autotune(_tiny_space(), dataset, n_trials=2, storage=url, study_name="r", seed=0, show_progress=False)
+    assert len(first.study.trials) == 2
+    second = autotune(_tiny_space(), dataset, n_trials=2, storage=url, study_name="r", seed=0, show_progress=False)
+    old = [t.params for t in second.study.trials[:2]]
+    new = [t.params for t in second.study.trials[2:]]
+    assert len(new) == 2
+    assert new != old
+
+
+def test_a_trial_failing_for_any_reason_fails_alone(dataset):
+    # An activation the model does not know fails that trial alone; the good one completes.
+    space = SearchSpace(
+        {"vae": {"hidden_dims": Fixed([16]), "latent_dim": Fixed(4), "activation": Categorical(("nope", "relu"))}},
+        train={k: Fixed(v) for k, v in TINY_TRAIN.items()},
+    )
+    storage = _study_with([{"vae.activation": "nope"}, {"vae.activation": "relu"}], "anyfail")
+    res = autotune(space, dataset, n_trials=2, storage=storage, study_name="anyfail", show_progress=False)
+    bad, good = res.study.trials
+    assert bad.state == optuna.trial.TrialState.FAIL
+    assert "nope" in bad.user_attrs["fail_reason"]
+    assert good.state == optuna.trial.TrialState.COMPLETE

@@ -25,6 +25,9 @@ _EXPORTS = {
     "resolve_storage": ".storage",
     "mask_url": ".storage",
     "available_presets": ".presets",
+    "load_best_imputer": ".workers",
+    "data_fingerprint": ".workers",
+    "StudyTarget": ".workers",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import os
 import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ..exceptions import TrainingDivergedError
+from .workers import SurplusTrialError
 
-__all__ = ["autotune", "TuneResult", "PruningCallback", "make_objective", "default_sampler", "default_pruner"]
+__all__ = ["PruningCallback", "TuneResult", "autotune", "default_pruner", "default_sampler", "make_objective"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +113,7 @@ class _Objective:
         device: Any,
         artifact_store: Any,
         extra_callbacks: Sequence[Any] = (),
+        target: Any = None,
     ) -> None:
         self.space = space
         self.dataset = dataset
@@ -116,6 +121,7 @@ class _Objective:
         self.device = device
         self.artifact_store = artifact_store
         self.extra_callbacks = list(extra_callbacks)
+        self.target = target
         self._datasets: dict[str, Any] = {}
         self.best_value = math.inf
         self.best_number: int | None = None
@@ -133,8 +139,17 @@ class _Objective:
 
     def __call__(self, trial: Any) -> float:
         from ..imputer import Imputer
+        from .workers import worker_id
 
         start = time.perf_counter()
+        self._note_retry(trial)
+        trial.set_user_attr("worker", worker_id())
+        if self.target is not None:
+            try:
+                self.target.check_trial(trial)
+            except SurplusTrialError as exc:
+                trial.set_user_attr("fail_reason", str(exc))
+                raise
         config = self.space.sample(trial)
         trial.set_user_attr("model", config.model)
         trial.set_user_attr("config", config.to_dict())
@@ -182,6 +197,22 @@ class _Objective:
             self._upload(trial, imputer)
         return value
 
+    @staticmethod
+    def _note_retry(trial: Any) -> None:
+        """Show on the dashboard which trial of a dead worker this one takes over."""
+        from optuna.trial import TrialState
+
+        dead_worker = trial.user_attrs.get("worker")
+        if not dead_worker:
+            # Only a retry arrives with attributes already set: copied from the failed trial.
+            return
+        running = trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        frozen = next((t for t in running if t.number == trial.number), None)
+        failed = frozen.system_attrs.get("failed_trial") if frozen is not None else None
+        if failed is not None:
+            trial.set_user_attr("retry_of", int(failed))  # the first trial of the retried configuration
+            trial.set_user_attr("retried_from_worker", dead_worker)
+
     def _upload(self, trial: Any, imputer: Any) -> None:
         if self.artifact_store is None:
             return
@@ -220,16 +251,45 @@ def default_pruner() -> Any:
     return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
 
 
-def _artifact_store(storage_arg: Any, artifact_dir: Any) -> Any:
+def _artifact_store(study: Any, storage_arg: Any, artifact_dir: Any) -> Any:
+    """The shared folder of best-model artifacts: given, else recorded on the study, else the default.
+
+    The folder is recorded on the study the first time, so workers that join later
+    (and :func:`~ciss_autoimpute.tuning.workers.load_best_imputer`) find it.
+    """
     from optuna.artifacts import FileSystemArtifactStore
 
     from .storage import default_artifact_dir
+    from .workers import ARTIFACT_DIR_ATTR
 
-    directory = Path(artifact_dir) if artifact_dir is not None else default_artifact_dir(storage_arg)
+    recorded = study.user_attrs.get(ARTIFACT_DIR_ATTR)
+    if artifact_dir is not None:
+        directory = Path(artifact_dir).expanduser()
+    elif recorded:
+        directory = Path(recorded)
+    else:
+        directory = default_artifact_dir(storage_arg, study.study_name)
     if directory is None:
         return None
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = directory.resolve()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(
+            f"artifact_dir {str(directory)!r} cannot be created here ({exc.strerror or exc}); pass artifact_dir= "
+            "a folder every worker can write (a shared mount when workers run on several machines)."
+        ) from None
+    if not recorded:
+        study.set_user_attr(ARTIFACT_DIR_ATTR, str(directory))
     return FileSystemArtifactStore(str(directory))
+
+
+def _worker_sampler_seed(seed: int) -> int:
+    """A sampler seed of its own for this process, so workers do not propose the same trials."""
+    from .workers import worker_id
+
+    digest = hashlib.sha256(f"{seed}:{worker_id()}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") % 2**31
 
 
 def autotune(
@@ -249,6 +309,8 @@ def autotune(
     show_progress: bool = True,
     artifact_dir: str | Path | None = None,
     trial_callbacks: Sequence[Any] = (),
+    study_trials: int | None = None,
+    data_path: str | os.PathLike | None = None,
 ) -> TuneResult:
     """Tune the model family and its hyperparameters with Optuna.
 
@@ -259,6 +321,13 @@ def autotune(
     memory, device and, on failure, the reason. A diverging trial fails alone.
     The best trial's fitted model is kept in memory — and as an Optuna artifact when
     the storage persists — so nothing is retrained at the end.
+
+    Several workers (processes or machines) share a study by calling ``autotune`` (or
+    ``ciss-autoimpute worker``) with the same ``storage`` and ``study_name``: a database
+    URL (heartbeats on, so the trial of a killed worker is failed and run again by
+    another one) or, on one machine, a journal file. The study records the data it
+    tunes on; a worker given other data or another holdout refuses before training.
+    ``study_trials`` makes the trial count study-wide. See ``docs/workers.md``.
 
     Parameters
     ----------
@@ -271,10 +340,14 @@ def autotune(
     storage
         ``None`` (in memory), ``sqlite:///file.db``, a ``.db`` or journal file path, a
         database URL, or an Optuna storage; see :func:`~ciss_autoimpute.tuning.storage.resolve_storage`.
+        Database URLs get heartbeats every 10 s and retry the trials of dead workers; build
+        the storage with ``resolve_storage(url, heartbeat_interval=...)`` to change that.
     study_name, load_if_exists
         Name of the study; an existing study of that name is resumed when ``load_if_exists``.
     sampler, pruner
         Optuna sampler and pruner; defaults: seeded multivariate grouped TPE, and a median pruner.
+        With ``study_trials`` the default sampler is seeded from ``seed`` and this process
+        (host and pid), so that workers do not all propose the same configurations.
     seed
         Seed of the sampler and of every trial's training.
     device
@@ -284,9 +357,21 @@ def autotune(
     show_progress
         Optuna's progress bar over trials.
     artifact_dir
-        Folder for best-model artifacts; default beside an SQLite file.
+        Folder for best-model artifacts, shared by every worker of the study. Default: the
+        folder the study recorded; for a new study, beside an SQLite or journal file, or
+        ``./<study_name>_artifacts`` for a database server. No artifacts in memory.
     trial_callbacks
         Extra training callbacks added to every trial (e.g. a time budget).
+    study_trials
+        Study-wide target: stop once the study holds this many finished (complete or
+        pruned) trials, counting every worker's. Failed trials do not count; a trial of a
+        worker that died is run again and counted once. While the last trials run in other
+        workers this call waits for them (on storages with heartbeats), so that it can take
+        over one whose worker dies. This call still stops after ``n_trials`` of its own
+        trials: pass ``n_trials=None`` to run until the target.
+    data_path
+        The file the data was read from, recorded on a new study so that
+        ``ciss-autoimpute worker`` on another machine can read it.
 
     Returns
     -------
@@ -327,17 +412,37 @@ def autotune(
         raise ValueError(f"n_trials must be a positive integer or None, got {n_trials!r}.")
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}.")
-    if n_trials is None and timeout is None:
-        raise ValueError("Give n_trials or timeout (or both); otherwise the study would never stop.")
+    if n_trials is None and timeout is None and study_trials is None:
+        raise ValueError(
+            "Give n_trials, timeout or study_trials (or several); otherwise the study would never stop."
+        )
     if study_name is not None and not isinstance(study_name, str):
         raise TypeError(f"study_name must be a string or None, got {type(study_name).__name__}.")
 
+    if study_trials is not None and (
+        isinstance(study_trials, bool) or not isinstance(study_trials, int) or study_trials < 1
+    ):
+        raise ValueError(f"study_trials must be a positive integer or None, got {study_trials!r}.")
+    if data_path is not None and not isinstance(data_path, (str, os.PathLike)):
+        raise TypeError(f"data_path must be a path or None, got {type(data_path).__name__}.")
+
+    from .storage import mask_url, storage_url
+    from .workers import (
+        StudyTarget,
+        check_study_data,
+        data_fingerprint,
+        heartbeat_interval_of,
+    )
+
     resolved = resolve_storage(storage)
-    store = _artifact_store(storage if isinstance(storage, str) else resolved, artifact_dir)
+    where = mask_url(storage_url(resolved) or "memory")
+    own_sampler = sampler is None
+    if own_sampler:
+        sampler = default_sampler(seed if study_trials is None else _worker_sampler_seed(seed))
     try:
         study = optuna.create_study(
             storage=resolved,
-            sampler=sampler if sampler is not None else default_sampler(seed),
+            sampler=sampler,
             pruner=pruner if pruner is not None else default_pruner(),
             study_name=study_name,
             direction="minimize",
@@ -348,20 +453,42 @@ def autotune(
             f"A study named {study_name!r} already exists in this storage; pass load_if_exists=True to resume it "
             "or choose another study_name."
         ) from None
+    if own_sampler and study_trials is None and study.trials:
+        # A resumed study: offset the seed by the trials already run, so the sampler's
+        # random start-up phase does not propose the first session's configurations again.
+        study.sampler = default_sampler(seed + len(study.trials))
+    # Before any trial: every worker of the study must tune on the same data and holdout.
+    check_study_data(study, data_fingerprint(dataset), where=where)
+    attrs = study.user_attrs
+    if "seed" not in attrs:
+        study.set_user_attr("seed", int(seed))
+    if data_path is not None and "data_path" not in attrs:
+        study.set_user_attr("data_path", str(Path(data_path).expanduser().resolve()))
     study.set_user_attr("search_space", search_space.to_dict())
     study.set_user_attr("data_shape", [len(dataset), len(dataset.columns)])
+    store = _artifact_store(study, storage if isinstance(storage, (str, os.PathLike)) else resolved, artifact_dir)
 
+    target = None
+    if study_trials is not None:
+        deadline = time.monotonic() + timeout if timeout is not None else None
+        target = StudyTarget(study_trials, heartbeat_interval=heartbeat_interval_of(resolved), deadline=deadline)
     objective = _Objective(
-        search_space, dataset, seed=seed, device=device, artifact_store=store, extra_callbacks=trial_callbacks
+        search_space, dataset, seed=seed, device=device, artifact_store=store, extra_callbacks=trial_callbacks,
+        target=target,
     )
-    study.optimize(
-        objective,
-        n_trials=n_trials,
-        timeout=timeout,
-        catch=(TrainingDivergedError,),
-        callbacks=list(callbacks),
-        show_progress_bar=show_progress,
-    )
+    if target is None or target.has_room(study):
+        study.optimize(
+            objective,
+            n_trials=n_trials,
+            timeout=timeout,
+            # Any error inside one trial (divergence, a configuration the data cannot
+            # take, out of memory) fails that trial alone, its reason stored on it; the
+            # study goes on. If every trial fails, the RuntimeError below lists why.
+            catch=(Exception,),
+            callbacks=[*callbacks, *([target] if target is not None else [])],
+            # Optuna's bar counts this call's trials and needs a limit to count towards.
+            show_progress_bar=show_progress and (n_trials is not None or timeout is not None),
+        )
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         reasons = sorted({str(t.user_attrs.get("fail_reason", t.state.name)) for t in study.trials})
@@ -390,17 +517,23 @@ def _best_imputer(best: Any, objective: _Objective, store: Any, dataset: Any, sp
     if objective.best_number == best.number and objective.best_imputer is not None:
         return objective.best_imputer
     artifact_id = best.user_attrs.get("imputer_artifact_id")
+    reason = "left no artifact"
     if store is not None and artifact_id:
         from optuna.artifacts import download_artifact
 
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "best.pt"
-            download_artifact(artifact_store=store, file_path=str(path), artifact_id=artifact_id)
-            imputer = Imputer.load(path, device=str(dataset.device))
-        imputer.fit_imputed_ = imputer.transform(dataset.frame)
-        return imputer
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "best.pt"
+                download_artifact(artifact_store=store, file_path=str(path), artifact_id=artifact_id)
+                imputer = Imputer.load(path, device=str(dataset.device))
+        except OSError as exc:
+            # Workers on several machines without a shared artifact folder: refit below.
+            reason = f"has its artifact elsewhere ({type(exc).__name__}: {exc})"
+        else:
+            imputer.fit_imputed_ = imputer.transform(dataset.frame)
+            return imputer
     logger.warning(
-        "The best trial (%d) was run elsewhere and left no artifact; refitting its configuration once.", best.number
+        "The best trial (%d) was run elsewhere and %s; refitting its configuration once.", best.number, reason
     )
     from .search_space import TrialConfig
 
