@@ -145,8 +145,8 @@ def test_pruner_stops_a_bad_configuration_early(dataset):
 
 
 def test_diverging_trial_fails_alone(dataset):
-    space = _one_family_space(grad_clip=Fixed(None), lr=Categorical((1e-2, 1e12)))
-    storage = _study_with([{"lr": 1e12}, {"lr": 1e-2}], "diverge")
+    space = _one_family_space(grad_clip=Fixed(None), lr=Categorical((1e-2, 1e30)))
+    storage = _study_with([{"lr": 1e30}, {"lr": 1e-2}], "diverge")
     res = autotune(space, dataset, n_trials=2, storage=storage, study_name="diverge", show_progress=False)
     bad, good = res.study.trials
     assert bad.state == optuna.trial.TrialState.FAIL
