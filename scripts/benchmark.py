@@ -458,12 +458,13 @@ def _ours_single(family: str):
 
 
 def _ours_autotune(preset: str):
-    def run(holed, categorical, seed, n_trials=20, **_):
+    def run(holed, categorical, seed, n_trials=20, tune_timeout=None, **_):
         import optuna
         from ciss_autoimpute import ClusterDataset, SearchSpace, autotune
 
         ds = ClusterDataset(holed, seed=seed, device="cpu")
-        tuned = autotune(SearchSpace.preset(preset), ds, n_trials=n_trials, seed=seed, show_progress=False)
+        tuned = autotune(SearchSpace.preset(preset), ds, n_trials=n_trials, timeout=tune_timeout, seed=seed,
+                         show_progress=False)
         states = [t.state for t in tuned.study.trials]
         per_family: dict[str, float] = {}
         for t in tuned.study.trials:
@@ -875,6 +876,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="torch/BLAS threads per run (default 1: on a shared 2-core machine more threads "
                          "spin against each other and run 10x slower)")
     ap.add_argument("--run-timeout", type=float, default=3600.0, help="seconds before a run is killed")
+    ap.add_argument("--tune-timeout", type=float, default=None,
+                    help="seconds after which ours_autotune(_mnar) starts no new trial and returns the best so far "
+                         "(the trials done are recorded); keep it well below --run-timeout")
     ap.add_argument("--time-limit", type=float, default=None, help="minutes; no new run starts after it")
     ap.add_argument("--in-process", action="store_true", help="no child processes (peak memory then cumulative)")
     ap.add_argument("--render-only", action="store_true", help="rewrite the Markdown from the CSV and stop")
@@ -929,7 +933,7 @@ def main(argv: list[str] | None = None) -> int:
         done = {(r.dataset, r.mechanism, float(r.rate), int(r.seed), r.method) for r in rows.itertuples()}
     cells = build_cells(problems, args.mechanisms, args.rates, args.seeds)
     deadline = time.monotonic() + 60 * args.time_limit if args.time_limit else None
-    options = {"threads": args.threads, "kwargs": {"n_trials": args.trials}}
+    options = {"threads": args.threads, "kwargs": {"n_trials": args.trials, "tune_timeout": args.tune_timeout}}
     print(f"{len(cells)} cells; machine: {machine}", flush=True)
     for cell in cells:
         todo = [m for m in methods_for(cell, args.methods)
