@@ -75,9 +75,11 @@ def run_imputation(
     data
         DataFrame, numpy array or torch tensor; NaN, None and ``pd.NA`` mean missing.
     model
-        ``"auto"`` runs a small, time-bounded search over the ``quick`` preset (all
-        families); a family name (``"cissvae"``, ``"vae"``, ``"miwae"``,
-        ``"notmiwae"``) fits that family once with its defaults and ``model_params``.
+        ``"auto"`` runs a small, time-bounded search over the ``quick`` preset: every
+        built-in family, the classical baselines (``mean``, ``knn``, ``mice``,
+        ``missforest``) evaluated first; a family name (see
+        :func:`~ciss_autoimpute.available_models`) fits that family once with its
+        defaults and ``model_params``.
     seed
         Seed of everything random; the same seed gives the same result on CPU.
     device

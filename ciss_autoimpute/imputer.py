@@ -44,8 +44,10 @@ class Imputer(TransformerMixin, BaseEstimator):
     Parameters
     ----------
     model
-        A registered family name (``"cissvae"``, ``"vae"``, ``"miwae"``, ``"notmiwae"``;
-        see :func:`ciss_autoimpute.available_models`).
+        A registered family name: the deep families (``"cissvae"``, ``"vae"``,
+        ``"miwae"``, ``"notmiwae"``, ...) or the classical baselines (``"mean"``,
+        ``"knn"``, ``"mice"``, ``"missforest"``, fitted once in closed form); see
+        :func:`ciss_autoimpute.available_models`.
     model_params
         Hyperparameters of the family; anything left out takes the family's default.
     train_params
@@ -136,7 +138,11 @@ class Imputer(TransformerMixin, BaseEstimator):
         cls = get_model_class(self.model)
         if self.model_params is not None and not isinstance(self.model_params, Mapping):
             raise TypeError(f"model_params must be a dict or None, got {type(self.model_params).__name__}.")
-        cls.resolve_params(dict(self.model_params or {}))
+        resolved = cls.resolve_params(dict(self.model_params or {}))
+        check = getattr(cls, "_check_params", None)
+        if callable(check):
+            # Value checks that need no data (ranges, choices) run before any clustering.
+            check(resolved)
         if self.train_params is not None and not isinstance(self.train_params, Mapping):
             raise TypeError(f"train_params must be a dict or None, got {type(self.train_params).__name__}.")
         configs_from_dict(dict(self.train_params or {}))
@@ -259,13 +265,15 @@ class Imputer(TransformerMixin, BaseEstimator):
         if not (~observed).any():
             return _like_input(X, frame.copy())
         labels = self._assign(frame, clusters)
-        dev = next(self.model_.parameters()).device
+        dev = _model_device(self.model_)
         vals = torch.from_numpy(np.nan_to_num(values, nan=0.0)).to(dev)
         obs = torch.from_numpy(observed).to(dev)
         lab = torch.from_numpy(labels).to(dev)
         x = torch.where(obs, vals, torch.full_like(vals, float(self.replacement_value)))
         gen = torch.Generator(device=dev).manual_seed(int(self.seed))
-        for _ in range(int(self.transform_iterations)):
+        # A closed-form family reads only the observed cells, so refilling changes nothing.
+        rounds = int(self.transform_iterations) if getattr(self.model_, "trainable", True) else 1
+        for _ in range(rounds):
             x = impute_all(self.model_, x, obs, lab, generator=gen)
         out = self.schema_.decode(x.cpu().numpy(), frame)
         return _like_input(X, out)
@@ -323,7 +331,10 @@ class Imputer(TransformerMixin, BaseEstimator):
             ``"lair"`` (latent-adaptive importance resampling), ``"mwg"``
             (Metropolis-within-Gibbs), ``"pseudo_gibbs"`` or ``"sir"`` (sampling
             importance resampling; MIWAE and not-MIWAE only). ``None``: ``"sir"`` for
-            the importance-weighted families, ``"lair"`` otherwise.
+            the importance-weighted families, ``"lair"`` for the other latent-variable
+            families, and for the classical families (``mean``, ``knn``, ``mice``,
+            ``missforest``; no latent space, so they accept only ``None``) their own
+            draws (:meth:`~ciss_autoimpute.models.families.classical.ClassicalModel.sample_imputations`).
         seed
             Seed of the draws; the same seed gives the same draws on CPU.
         long
@@ -364,8 +375,23 @@ class Imputer(TransformerMixin, BaseEstimator):
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"n must be an integer >= 1 (the number of completed copies), got {n!r}.")
         n = int(n)
-        method = check_method(self.model_, method)
-        SamplerConfig.resolve(method, n, **sampler_options)  # every option checked before any work
+        own_draws = not getattr(self.model_, "trainable", True)
+        if own_draws:
+            # Closed-form families have no latent space for the samplers to explore.
+            if method is not None:
+                raise ValueError(
+                    f"method={method!r} needs a latent-variable model (encoder and decoder), but this Imputer "
+                    f"uses the classical {self.model_.name!r} family, which draws its own imputations; "
+                    "leave method=None."
+                )
+            if sampler_options:
+                raise ValueError(
+                    f"sampler options {sorted(sampler_options)} apply to the latent-variable samplers only; the "
+                    f"{self.model_.name!r} family takes none. Remove them."
+                )
+        else:
+            method = check_method(self.model_, method)
+            SamplerConfig.resolve(method, n, **sampler_options)  # every option checked before any work
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise TypeError(f"seed must be an integer, got {seed!r}.")
         if not isinstance(long, bool):
@@ -387,8 +413,16 @@ class Imputer(TransformerMixin, BaseEstimator):
             base = self.transform(frame)  # the single imputation: where every chain starts
             filled, _ = self.schema_.encode(base, argument="X")
             labels = self._assign(frame, None)
-            dev = next(self.model_.parameters()).device
+            dev = _model_device(self.model_)
             gen = torch.Generator(device=dev).manual_seed(int(seed))
+            if own_draws:
+                obs_t = torch.from_numpy(observed).to(dev)
+                draws = self.model_.sample_imputations(
+                    torch.from_numpy(filled).to(dev), obs_t, torch.from_numpy(labels).to(dev), n, generator=gen
+                )
+                logger.info("sampled %d imputations with the %s family's own draws", n, self.model_.name)
+                frames = [self.schema_.decode(d.cpu().numpy(), frame) for d in draws]
+                return _stack_frames(frames) if long else frames
             out = sample_conditional(
                 self.model_,
                 torch.from_numpy(filled).to(dev),
@@ -405,12 +439,7 @@ class Imputer(TransformerMixin, BaseEstimator):
             frames = [frame.copy() for _ in range(n)]
         if not long:
             return frames
-        stacked = []
-        for i, f in enumerate(frames, start=1):
-            f = f.copy()
-            f.insert(0, "imputation", i)
-            stacked.append(f)
-        return pd.concat(stacked, axis=0)
+        return _stack_frames(frames)
 
     def intervals(
         self,
@@ -574,6 +603,28 @@ class Imputer(TransformerMixin, BaseEstimator):
         imp.best_score_ = float(cfg["best_score"])
         imp.history_ = {"epochs": [], "loops": []}
         return imp
+
+
+def _stack_frames(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The long form of :meth:`Imputer.sample`: copies stacked, numbered in a first column."""
+    stacked = []
+    for i, f in enumerate(frames, start=1):
+        f = f.copy()
+        f.insert(0, "imputation", i)
+        stacked.append(f)
+    return pd.concat(stacked, axis=0)
+
+
+def _model_device(model: Any) -> torch.device:
+    """Where the model's tensors live: its first parameter, else its first buffer, else the CPU.
+
+    Closed-form families (``mean``, ``knn``, ...) have buffers but no parameters.
+    """
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
 
 
 def _jsonable(value: Any) -> Any:

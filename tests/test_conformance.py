@@ -4,7 +4,9 @@ For each family, on a tiny correlated numeric set and a tiny mixed
 (numeric / binary / categorical) set: training finishes without NaN, training cells come
 back unchanged, the same seed gives the same output, the state round-trips through
 ``model.config()`` + ``load_state_dict``, and the imputations beat mean imputation on
-the cells the model never saw. Training is kept short so the file runs in well under a
+the cells the model never saw. The closed-form classical families (``trainable =
+False``) run through the same Trainer call and the same checks: their epoch history
+is empty, and the ``mean`` family is not asked to beat itself. Training is kept short so the file runs in well under a
 minute.
 """
 
@@ -22,7 +24,9 @@ TRAIN = TrainConfig(epochs=40, lr=5e-3, batch_size=64)
 REFIT = RefitConfig(max_loops=2, patience=2, epochs_per_loop=10)
 #: Smaller networks and fewer importance samples than the defaults, for speed; applied
 #: only to the families that have the parameter, everything else stays at its default.
-SMALL = {"hidden_dims": [32], "latent_dim": 4, "n_samples": 5, "n_impute_samples": 10, "missing_hidden_dim": 8}
+SMALL = {"hidden_dims": [32], "latent_dim": 4, "n_samples": 5, "n_impute_samples": 10, "missing_hidden_dim": 8,
+         # MissForest: 2 rounds of 20 trees instead of 5 of 50 (its default takes ~10 s here).
+         "n_estimators": 20, "max_iter": 2}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -158,8 +162,10 @@ def test_state_round_trips_through_config(family, kind):
     assert torch.equal(imp(rebuilt), imp(result.model))
 
 
-@pytest.mark.parametrize("family, kind", CASES)
+@pytest.mark.parametrize("family, kind", [(f, k) for f, k in CASES if f != "mean"])
 def test_beats_mean_imputation_on_unseen_cells(family, kind):
+    # The "mean" family is the baseline itself (test_classical.py checks it against
+    # scikit-learn's SimpleImputer), so it is left out here.
     data, full, result = fitted(family, kind)
     unseen = ~data.train_mask  # missing and held-out cells
     model_score = score_imputations(result.imputed, full, unseen, data.layout).total

@@ -176,3 +176,47 @@ def test_bad_cluster_inputs_raise():
         layer(x, torch.tensor([0, 1, 1]))
     with pytest.raises(ValueError, match="positive integer"):
         ClusterLinear(0, 2)
+
+
+def test_grouped_index_matches_per_row_computation_and_gradients():
+    # Rows sorted by cluster once (as LatentModel.group_rows does): every layer works on
+    # contiguous segments, with the same outputs and gradients as the per-row maths.
+    g = torch.Generator().manual_seed(8)
+    layer = _layer(5, 4, 3, shared=False, seed=3)
+    clusters = torch.tensor([2, 0, 2, 2, 0, 2, 0])  # cluster 1 has no rows
+    order = torch.argsort(clusters, stable=True)
+    x = torch.randn(7, 5, generator=g)
+    xs = x.index_select(0, order)
+    index = ClusterIndex.grouped(torch.bincount(clusters, minlength=3).tolist(), 3)
+    assert index.is_grouped and index.counts == (3, 0, 4)
+    assert index.clusters.tolist() == [0, 0, 0, 2, 2, 2, 2]
+    out = layer(xs, index)
+    torch.testing.assert_close(out, _naive(layer, xs, clusters.index_select(0, order)))
+    # Gradients: the same as the unsorted (gather / scatter) path on the same rows.
+    out.square().sum().backward()
+    grads = (layer.weight.grad.clone(), layer.bias.grad.clone())
+    layer.zero_grad()
+    layer(x, clusters).square().sum().backward()
+    torch.testing.assert_close(grads[0], layer.weight.grad)
+    torch.testing.assert_close(grads[1], layer.bias.grad)
+    assert torch.count_nonzero(grads[0][1]) == 0  # the empty cluster's weights get nothing
+    # Leading sample dims: the index applies to the row axis, expand() is a no-op.
+    xk = torch.randn(3, 7, 5, generator=g)
+    assert index.expand(3) is index
+    torch.testing.assert_close(layer(xk, index), torch.stack([_naive(layer, xk[k], index.clusters) for k in range(3)]))
+    # A whole MLP shares the one grouped index.
+    mlp = MLP(5, [6, 4], order=["u", "u"], n_clusters=3)
+    mlp.reset_parameters(torch.Generator().manual_seed(1))
+    torch.testing.assert_close(mlp(xs, index), mlp(x, clusters).index_select(0, order))
+
+
+def test_grouped_index_checks_its_counts_and_rows():
+    with pytest.raises(ValueError, match="counts must hold 3 non-negative"):
+        ClusterIndex.grouped([2, 1], 3)
+    with pytest.raises(ValueError, match="counts must hold 2 non-negative"):
+        ClusterIndex.grouped([2, -1], 2)
+    layer = _layer(3, 2, 2, shared=False)
+    with pytest.raises(ValueError, match="describes 3 rows but x has shape"):
+        layer(torch.zeros(4, 3), ClusterIndex.grouped([1, 2], 2))
+    # No rows at all: an empty result of the right width.
+    assert layer(torch.zeros(0, 3), ClusterIndex.grouped([0, 0], 2)).shape == (0, 2)

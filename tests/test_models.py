@@ -14,6 +14,7 @@ import torch
 
 from ciss_autoimpute.data.layout import FeatureLayout
 from ciss_autoimpute.models.base import ImputationModel, LossOutput
+from ciss_autoimpute.models.families._common import LatentModel
 from ciss_autoimpute.models.families.cissvae import layer_order
 from ciss_autoimpute.models.families.vae import VAE
 from ciss_autoimpute.models.likelihoods import DF_MIN, MixedLikelihood, standard_gamma
@@ -28,7 +29,10 @@ LAYOUT = FeatureLayout(
     names=("a", "b", "flag", "colour"),
     column_of=(0, 1, 2, 3, 3, 3),
 )
-FAMILIES = available_models()
+#: The latent-variable families (encoder, latent_dim, ELBO-type loss). GAIN and MIDA are
+#: tested in test_gain_mida.py, the classical ones in test_classical.py, and every family
+#: by test_conformance.py.
+FAMILIES = [f for f in available_models() if issubclass(get_model_class(f), LatentModel)]
 META_KEYS = {
     "num_hidden_layers",
     "hidden_dim",
@@ -566,3 +570,81 @@ def test_notmiwae_corrects_self_masking_that_miwae_cannot():
     table = notmiwae.interpret_missing_process()
     assert list(table.loc[["x0", "x1"], "direction"]) == ["high values missing"] * 2
     assert (table.loc[["x0", "x1"], "strength"] > 0.5).all()
+
+
+# ============================================================================ speed paths
+def _unsorted_vae_loss(model, x, mask, clusters, generator):
+    """The VAE bound computed without sorting rows (each layer routes its own rows)."""
+    from ciss_autoimpute.models.bounds import elbo_analytic, gaussian_kl
+
+    index = model.cluster_index(clusters)
+    mu, logvar = model.encode(x, index)
+    z = model.reparameterise(mu, logvar, generator)
+    log_px = model.likelihood.log_prob(model.decode(z, index), x, mask)
+    return -elbo_analytic(log_px, gaussian_kl(mu, logvar), model.beta).mean()
+
+
+def test_cissvae_sorts_rows_by_cluster_without_changing_results():
+    x, mask, _, _ = mixed_batch(60)
+    clusters = torch.arange(60) % 3  # interleaved, so sorting really permutes the rows
+    model = build("cissvae", n_clusters=3, likelihood="gaussian", seed=4)
+    xs, ms, index, order = model.group_rows(x, mask, clusters)
+    assert index.is_grouped and index.counts == (20, 20, 20)
+    assert torch.equal(clusters.index_select(0, order), index.clusters)
+    assert torch.equal(xs, x.index_select(0, order)) and torch.equal(ms, mask.index_select(0, order))
+    # Same loss and gradients as the unsorted computation with the same random draws.
+    loss = model.loss(x, mask, clusters, generator=gen(7)).loss
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    reference = _unsorted_vae_loss(model, x, mask, clusters, gen(7))
+    ref_grads = torch.autograd.grad(reference, list(model.parameters()))
+    torch.testing.assert_close(loss, reference)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b)
+    # Row-wise outputs come back in the caller's order: permuting the input permutes them.
+    perm = torch.randperm(60, generator=gen(1))
+    imputed = model.impute(x, mask, clusters)
+    torch.testing.assert_close(model.impute(x[perm], mask[perm], clusters[perm]), imputed[perm])
+    draws = model.sample_imputations(x, mask, clusters, 2, generator=gen(3))
+    index = model.cluster_index(clusters)
+    mu, logvar = model.encode(x, index)
+    z = model.reparameterise(mu, logvar, gen(3), n_samples=2)
+    g = gen(3)
+    torch.randn((2, *mu.shape), generator=g)  # the draw of z, already replayed above
+    expected = model.likelihood.sample(model.decode(z, index.expand(2)), g)
+    torch.testing.assert_close(draws, torch.where(mask, x, expected))
+    # A model with only shared layers skips the sort altogether.
+    vae = build("vae", n_clusters=3)
+    assert vae.group_rows(x, mask, clusters)[2:] == (None, None)
+
+
+@pytest.mark.parametrize("head", ["gaussian", "gaussian_fixed"])
+def test_fused_gaussian_log_prob_matches_the_elementwise_formula(head):
+    # All-numeric layouts take a fused path with a hand-written backward; check its
+    # values and gradients against the per-cell units (autograd), with sample dims and
+    # numeric columns listed out of order.
+    layout = FeatureLayout(3, numeric=(2, 0, 1), binary=(), categorical=(), names=("a", "b", "c"),
+                           column_of=(0, 1, 2))
+    lik = MixedLikelihood(layout, head)
+    g = gen(5)
+    raw = (3.0 * torch.randn(4, 10, lik.n_params, generator=g)).requires_grad_()  # some scales clamp
+    x = torch.randn(10, 3, generator=g)
+    mask = torch.rand(10, 3, generator=g) > 0.4
+    x = torch.where(mask, x, torch.full((), float("nan")))  # unobserved filler must not leak
+    weights = torch.randn(4, 10, generator=g)
+    fused = lik.log_prob(raw, x, mask)
+    (grad_fused,) = torch.autograd.grad((fused * weights).sum(), raw)
+    units = lik.log_prob_units(raw, x, mask)["numeric"].sum(-1)
+    (grad_units,) = torch.autograd.grad((units * weights).sum(), raw)
+    assert torch.isfinite(fused).all() and torch.isfinite(grad_fused).all()
+    torch.testing.assert_close(fused, units)
+    torch.testing.assert_close(grad_fused, grad_units)
+    # Hand value: one observed cell of column 2 (parameter 0), mean 1, log-scale 0.5.
+    one = torch.zeros(1, lik.n_params)
+    one[0, 0] = 1.0
+    if head == "gaussian":
+        one[0, 3] = 0.5
+    cell = torch.tensor([[0.0, 0.0, 2.0]])
+    observed = torch.tensor([[False, False, True]])
+    scale = math.exp(0.5) if head == "gaussian" else 1.0
+    expected = -0.5 * (1.0 / scale) ** 2 - math.log(scale) - HALF_LOG_2PI
+    assert lik.log_prob(one, cell, observed).item() == pytest.approx(expected, rel=1e-6)

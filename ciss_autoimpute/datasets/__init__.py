@@ -6,7 +6,7 @@ from importlib import resources
 
 import pandas as pd
 
-__all__ = ["load_example", "available_benchmarks", "load_benchmark"]
+__all__ = ["load_example", "available_benchmarks", "load_benchmark", "load_digits_frame", "corrupt_images"]
 
 
 def __getattr__(name: str):
@@ -15,6 +15,10 @@ def __getattr__(name: str):
         from . import benchmarks
 
         return getattr(benchmarks, name)
+    if name in ("load_digits_frame", "corrupt_images"):
+        from . import images
+
+        return getattr(images, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

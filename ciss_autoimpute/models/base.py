@@ -18,6 +18,7 @@ Conventions for every method taking ``(x, mask, clusters)``:
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -26,7 +27,7 @@ from torch import nn
 
 from ..data.layout import FeatureLayout
 
-__all__ = ["ImputationModel", "LossOutput"]
+__all__ = ["ImputationModel", "LossOutput", "UpdateStep"]
 
 
 @dataclass
@@ -39,6 +40,33 @@ class LossOutput:
 
     loss: torch.Tensor
     parts: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+#: Signature of an update step's loss: ``(x, mask, clusters, *, generator) -> LossOutput``.
+LossFn = Callable[..., LossOutput]
+
+
+@dataclass(frozen=True)
+class UpdateStep:
+    """One optimiser update of a training batch (see :meth:`ImputationModel.update_steps`).
+
+    Attributes
+    ----------
+    name
+        Name of the parameter group (``"model"`` for single-objective families;
+        ``"discriminator"`` / ``"generator"`` for GAIN). Names the step's entries in
+        the training history when a model has several steps.
+    parameters
+        The parameters this step's optimiser updates; no parameter may appear in two
+        steps.
+    loss
+        Called as ``loss(x, mask, clusters, generator=generator)`` on the batch and
+        returning a :class:`LossOutput`; only the gradients of ``parameters`` are used.
+    """
+
+    name: str
+    parameters: Sequence[nn.Parameter]
+    loss: LossFn
 
 
 class ImputationModel(nn.Module, abc.ABC):
@@ -55,6 +83,10 @@ class ImputationModel(nn.Module, abc.ABC):
     """
 
     name: ClassVar[str] = ""
+    #: False for families fitted in closed form (the classical ``mean``, ``knn``,
+    #: ``mice``, ``missforest``): they implement ``fit(x, mask, clusters, *, generator)``
+    #: instead of a loss, and the Trainer fits them once, with no optimiser or epochs.
+    trainable: ClassVar[bool] = True
     #: True when single imputations are importance-weighted (MIWAE, not-MIWAE).
     importance_weighted: ClassVar[bool] = False
 
@@ -118,6 +150,26 @@ class ImputationModel(nn.Module, abc.ABC):
 
         Binary cells are drawn as 0/1 and categorical groups as one-hot vectors.
         """
+
+    # ------------------------------------------------------------------ training hook
+    def update_steps(self) -> list[UpdateStep]:
+        """The optimiser updates of one training batch, run in order by the trainer.
+
+        The trainer creates one Adam optimiser (and ``ExponentialLR`` schedule) per
+        step once per run and, for every batch, runs each step in turn: evaluate its
+        loss, zero the gradients, back-propagate, clip the gradients of its
+        parameters, step its optimiser. A step sees the parameters as left by the
+        steps before it (as in alternating adversarial training).
+
+        The default is a single step ``"model"`` minimising :meth:`loss` over every
+        trainable parameter; families with several objectives (GAIN: a discriminator
+        and a generator) override it.
+
+        Returns
+        -------
+        list of UpdateStep
+        """
+        return [UpdateStep("model", [p for p in self.parameters() if p.requires_grad], self.loss)]
 
     # ------------------------------------------------------------------ helpers
     @classmethod

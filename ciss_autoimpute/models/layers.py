@@ -119,6 +119,45 @@ class ClusterIndex:
     def __init__(self, clusters: torch.Tensor, n_clusters: int) -> None:
         self.clusters = clusters
         self.n_clusters = n_clusters
+        #: True when the rows are already grouped by cluster along the row axis (see
+        #: :meth:`grouped`): layers then work on contiguous segments, with no gather.
+        self.is_grouped = False
+
+    @classmethod
+    def grouped(
+        cls, counts: Sequence[int], n_clusters: int, clusters: torch.Tensor | None = None
+    ) -> "ClusterIndex":
+        """An index for rows that are already sorted by cluster along the row axis.
+
+        Parameters
+        ----------
+        counts
+            Rows of each cluster, in cluster order (``len == n_clusters``): the rows
+            ``[sum(counts[:c]), sum(counts[:c + 1]))`` of every input belong to
+            cluster ``c``.
+        n_clusters
+            Number of clusters.
+        clusters
+            The sorted cluster ids, if the caller has them (else rebuilt from ``counts``).
+
+        Notes
+        -----
+        Sorting a batch once per loss and passing this index saves every
+        cluster-specific layer its own gather and scatter (forward and backward). The
+        index applies to the row axis (``-2``) of inputs with any leading sample
+        dimensions, so :meth:`expand` returns it unchanged.
+        """
+        counts = tuple(int(c) for c in counts)
+        if len(counts) != n_clusters or any(c < 0 for c in counts):
+            raise ValueError(
+                f"counts must hold {n_clusters} non-negative row counts (one per cluster), got {list(counts)}."
+            )
+        if clusters is None:
+            clusters = torch.repeat_interleave(torch.arange(n_clusters), torch.tensor(counts, dtype=torch.long))
+        index = cls(clusters.reshape(-1).long(), n_clusters)
+        index.is_grouped = True
+        index.__dict__["counts"] = counts
+        return index
 
     @classmethod
     def build(cls, clusters: torch.Tensor, n_clusters: int) -> "ClusterIndex":
@@ -154,7 +193,7 @@ class ClusterIndex:
 
     def expand(self, repeats: int) -> "ClusterIndex":
         """The index of ``repeats`` stacked copies of the rows (leading sample dims)."""
-        if repeats == 1:
+        if repeats == 1 or self.is_grouped:
             return self
         return ClusterIndex(self.clusters.repeat(repeats), self.n_clusters)
 
@@ -246,6 +285,8 @@ class ClusterLinear(nn.Module):
         if clusters is None:
             raise ValueError("A cluster-specific ClusterLinear needs the cluster id of each row; pass clusters=.")
         lead = x.shape[:-1]
+        if isinstance(clusters, ClusterIndex) and clusters.is_grouped:
+            return self._forward_grouped(x, clusters)
         flat = x.reshape(-1, self.in_features)
         index = clusters if isinstance(clusters, ClusterIndex) else _index_for(clusters, lead, self.n_clusters)
         if index.clusters.numel() != flat.shape[0]:
@@ -263,11 +304,36 @@ class ClusterLinear(nn.Module):
             return out.reshape(*lead, self.out_features)
         # Large: one dense product per cluster segment of the cluster-sorted rows.
         segments = flat.index_select(0, index.order).split(list(index.counts))
+        # unbind: one backward op (a stack) for all clusters, where indexing weight[c]
+        # would allocate and add a zero-padded [C, in, out] gradient per cluster.
+        weights, biases = self.weight.unbind(0), self.bias.unbind(0)
         outs = [
-            torch.addmm(self.bias[c], seg, self.weight[c]) for c, seg in enumerate(segments) if seg.shape[0] > 0
+            torch.addmm(biases[c], seg, weights[c]) for c, seg in enumerate(segments) if seg.shape[0] > 0
         ]
         out = torch.cat(outs) if len(outs) > 1 else outs[0]
         return out.index_select(0, index.inverse).reshape(*lead, self.out_features)
+
+    def _forward_grouped(self, x: torch.Tensor, index: ClusterIndex) -> torch.Tensor:
+        """Rows already sorted by cluster along axis -2: one product per segment."""
+        counts = index.counts
+        if x.dim() < 2 or x.shape[-2] != sum(counts):
+            raise ValueError(
+                f"the grouped cluster index describes {sum(counts)} rows but x has shape {tuple(x.shape)}; "
+                "pass x sorted by cluster with one row per counted row."
+            )
+        weights, biases = self.weight.unbind(0), self.bias.unbind(0)
+        outs = []
+        for c, seg in enumerate(x.split(counts, dim=-2)):
+            if seg.shape[-2] == 0:
+                continue
+            if seg.dim() == 2:
+                # A row range of a contiguous matrix is contiguous: no copy before the product.
+                outs.append(torch.addmm(biases[c], seg, weights[c]))
+            else:
+                outs.append(torch.matmul(seg, weights[c]) + biases[c])
+        if not outs:
+            return x.new_zeros(*x.shape[:-1], self.out_features)
+        return torch.cat(outs, dim=-2) if len(outs) > 1 else outs[0]
 
 
 def _index_for(clusters: torch.Tensor, lead: torch.Size, n_clusters: int) -> ClusterIndex:

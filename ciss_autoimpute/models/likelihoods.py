@@ -116,6 +116,62 @@ def standard_gamma(alpha: torch.Tensor, generator: torch.Generator) -> torch.Ten
     return out.reshape(alpha.shape)
 
 
+class _GaussianRowLogLik(torch.autograd.Function):
+    """Masked Gaussian log-density summed per row, with a closed-form backward.
+
+    ``forward(mean, log_scale, x, mask)`` returns ``sum_j mask_j * log N(x_j; mean_j,
+    exp(log_scale_j)^2)`` over the last axis (``log_scale`` None: unit variance), the
+    same values as the elementwise formula in :meth:`MixedLikelihood.log_prob_units`.
+    Gradients flow to ``mean`` and ``log_scale`` only: with ``r = (x - mean) /
+    scale``, ``d/d mean = mask * r / scale`` and ``d/d log_scale = mask * (r^2 - 1)``.
+    """
+
+    @staticmethod
+    def forward(ctx, mean, log_scale, x, mask):  # type: ignore[override]
+        if log_scale is None:
+            r = x - mean
+            lp = (r * r).mul_(-0.5).sub_(_HALF_LOG_2PI)
+            inv_scale = None
+        else:
+            inv_scale = torch.exp(-log_scale)
+            r = (x - mean) * inv_scale
+            lp = (r * r).mul_(-0.5).sub_(log_scale).sub_(_HALF_LOG_2PI)
+        ctx.save_for_backward(r, inv_scale, mask)
+        ctx.shapes = (mean.shape, None if log_scale is None else log_scale.shape)
+        return (lp * mask).sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        r, inv_scale, mask = ctx.saved_tensors
+        mean_shape, scale_shape = ctx.shapes
+        g = grad.unsqueeze(-1) * mask
+        g_r = g * r
+        d_mean = g_r if inv_scale is None else g_r * inv_scale
+        d_scale = None
+        if inv_scale is not None and ctx.needs_input_grad[1]:
+            d_scale = torch.addcmul(-g, g_r, r)
+            if d_scale.shape != scale_shape:
+                d_scale = d_scale.sum_to_size(scale_shape)
+        if d_mean.shape != mean_shape:
+            d_mean = d_mean.sum_to_size(mean_shape)
+        return (d_mean if ctx.needs_input_grad[0] else None), d_scale, None, None
+
+
+def _group_firsts(layout: FeatureLayout) -> list[int]:
+    """First encoded column of each categorical group."""
+    return [start for start, _ in layout.categorical]
+
+
+def _selector(columns: list[int]) -> slice | None:
+    """A slice selecting ``columns`` when they form one increasing run, else None."""
+    if not columns:
+        return slice(0, 0)
+    start = columns[0]
+    if columns == list(range(start, start + len(columns))):
+        return slice(start, start + len(columns))
+    return None
+
+
 class MixedLikelihood(nn.Module):
     """The observation model of every family: numeric, binary and categorical heads.
 
@@ -172,6 +228,16 @@ class MixedLikelihood(nn.Module):
         for pos, j in enumerate(block_order):
             to_encoded[j] = pos
         buf("to_encoded", to_encoded)
+        # Column selection is the hot path of every loss: a slice (a view) when the
+        # columns form one run, index_select otherwise. Advanced indexing on the last
+        # axis is far slower on CPU (4096 x 50: ~940 us against ~70 us for index_select).
+        self._num_cols = _selector(list(layout.numeric))
+        self._bin_cols = _selector(list(layout.binary))
+        self._cat_cols = _selector(cat_cols)
+        self._group_first_cols = _selector(_group_firsts(layout))
+        # The reorder is skipped when the layout already lists numeric, binary and
+        # categorical columns in that order (always so for all-numeric data).
+        self._reorder_needed = to_encoded != list(range(layout.n_features))
         # Padded [groups, max levels] view of the categorical block; pads point at an
         # extra -inf column (index n_cat) so a softmax over a padded row ignores them.
         max_levels = max((stop - start for start, stop in layout.categorical), default=0)
@@ -209,7 +275,9 @@ class MixedLikelihood(nn.Module):
         out: dict[str, torch.Tensor] = {"mean": raw[..., :n_num]}
         pos = n_num
         if self.numeric in ("gaussian", "student_t"):
-            out["log_scale"] = raw[..., pos : pos + n_num].clamp(LOG_SCALE_MIN, LOG_SCALE_MAX)
+            # hardtanh is clamp with a one-kernel backward (clamp's needs several bool ops);
+            # the two differ only in the gradient at exactly the bounds.
+            out["log_scale"] = F.hardtanh(raw[..., pos : pos + n_num], LOG_SCALE_MIN, LOG_SCALE_MAX)
             pos += n_num
         if self.numeric == "student_t":
             out["df"] = DF_MIN + F.softplus(raw[..., pos : pos + n_num])
@@ -236,7 +304,35 @@ class MixedLikelihood(nn.Module):
 
     def _to_encoded(self, num: torch.Tensor, binary: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
         """Blocks ``[numeric | binary | categorical]`` -> encoded column order."""
-        return torch.cat([num, binary, cat], dim=-1)[..., self.to_encoded]
+        blocks = [b for b in (num, binary, cat) if b.shape[-1]]
+        if len(blocks) > 1:
+            joined = torch.cat(blocks, dim=-1)
+        else:
+            # One kind of column only: no concatenation; contiguous so the result never
+            # aliases the decoder output.
+            joined = (blocks[0] if blocks else num).contiguous()
+        if not self._reorder_needed:
+            return joined
+        return joined.index_select(-1, self.to_encoded)
+
+    def _take(self, t: torch.Tensor, which: str) -> torch.Tensor:
+        """The columns ``which`` (``"numeric"``, ``"binary"``, ``"categorical"``,
+        ``"group_first"``) of ``t [..., d]``."""
+        sel = {
+            "numeric": self._num_cols,
+            "binary": self._bin_cols,
+            "categorical": self._cat_cols,
+            "group_first": self._group_first_cols,
+        }[which]
+        if isinstance(sel, slice):
+            return t[..., sel]
+        buffer = {
+            "numeric": self.numeric_idx,
+            "binary": self.binary_idx,
+            "categorical": self.cat_idx,
+            "group_first": self.cat_group_first,
+        }[which]
+        return t.index_select(-1, buffer)
 
     # ------------------------------------------------------------------ log-likelihood
     def log_prob_units(self, raw: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -247,10 +343,15 @@ class MixedLikelihood(nn.Module):
         mask = mask.bool()
         # Filler values in unobserved cells must not reach the maths (NaN-safe gradients).
         x = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+        # Masking multiplies by a float copy of the mask: the same values as multiplying by
+        # the bool mask, but elementwise ops mixing bool and float are several times slower
+        # on CPU (measured 10.8 us against 2.8 us on 256 x 50, 175 us against 33 us on
+        # [20, 256, 50]).
+        mask_f = mask.to(raw.dtype)
         out = {}
 
-        m_num = mask[..., self.numeric_idx]
-        x_num = x[..., self.numeric_idx]
+        m_num = self._take(mask_f, "numeric")
+        x_num = self._take(x, "numeric")
         mu = p["mean"]
         if self.numeric == "gaussian_fixed":
             lp = -0.5 * (x_num - mu) ** 2 - _HALF_LOG_2PI
@@ -269,19 +370,23 @@ class MixedLikelihood(nn.Module):
             )
         out["numeric"] = lp * m_num
 
-        m_bin = mask[..., self.binary_idx]
         logit = p["bin_logit"]
-        x_bin = x[..., self.binary_idx].expand_as(logit)
-        out["binary"] = -F.binary_cross_entropy_with_logits(logit, x_bin, reduction="none") * m_bin
+        if self.n_bin:
+            m_bin = self._take(mask_f, "binary")
+            x_bin = self._take(x, "binary").expand_as(logit)
+            out["binary"] = -F.binary_cross_entropy_with_logits(logit, x_bin, reduction="none") * m_bin
+        else:
+            # No binary columns: skip the empty ops (and their backward) altogether.
+            out["binary"] = raw.new_zeros((*raw.shape[:-1], 0))
 
         if self.n_groups:
             logp = self.cat_log_probs(p["cat_logit"])
-            x_cat = x[..., self.cat_idx]
+            x_cat = self._take(x, "categorical")
             # Sum each group's one-hot * log-prob: a scatter over the group index.
             per_col = x_cat * logp
             groups = per_col.new_zeros((*per_col.shape[:-1], self.n_groups))
             groups = groups.index_add(-1, self.cat_member, per_col)
-            out["categorical"] = groups * mask[..., self.cat_group_first]
+            out["categorical"] = groups * self._take(mask_f, "group_first")
         else:
             out["categorical"] = raw.new_zeros((*raw.shape[:-1], 0))
         return out
@@ -291,8 +396,23 @@ class MixedLikelihood(nn.Module):
 
         A categorical group counts once (its mask is read at its first column).
         """
+        if self.numeric != "student_t" and not x.requires_grad and not self.n_bin and not self.n_groups:
+            # All-numeric Gaussian data (the common case): one fused op with a hand-written
+            # backward instead of ~10 small elementwise ops and their autograd nodes.
+            p = self.split(raw)
+            mask = mask.bool()
+            x = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+            x_num = self._take(x, "numeric")
+            m_num = self._take(mask.to(raw.dtype), "numeric")
+            return _GaussianRowLogLik.apply(p["mean"], p.get("log_scale"), x_num, m_num)
         parts = self.log_prob_units(raw, x, mask)
-        return parts["numeric"].sum(-1) + parts["binary"].sum(-1) + parts["categorical"].sum(-1)
+        total = parts["numeric"].sum(-1)
+        # Empty blocks add exactly zero; leaving them out saves ops, not accuracy.
+        if self.n_bin:
+            total = total + parts["binary"].sum(-1)
+        if self.n_groups:
+            total = total + parts["categorical"].sum(-1)
+        return total
 
     # ------------------------------------------------------------------ summaries and draws
     def mean(self, raw: torch.Tensor) -> torch.Tensor:

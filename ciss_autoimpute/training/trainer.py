@@ -31,7 +31,7 @@ from torch import nn
 
 from ..data.layout import EncodedData
 from ..exceptions import TrainingDivergedError
-from ..models.base import ImputationModel
+from ..models.base import ImputationModel, UpdateStep
 from .callbacks import Callback, History, history_frame
 from .config import RefitConfig, TrainConfig
 from .metrics import MetricWeights, ValidationScore, held_out_counts, validation_score
@@ -74,6 +74,42 @@ def _fused_adam_supported(params: Sequence[torch.Tensor]) -> bool:
     return bool(params) and all(
         p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64) for p in params
     )
+
+
+def _checked_steps(model: ImputationModel) -> list[UpdateStep]:
+    """``model.update_steps()`` checked: named, non-empty, disjoint groups of the model's parameters."""
+    steps = model.update_steps()
+    label = type(model).__name__
+    if not isinstance(steps, (list, tuple)) or not steps or not all(isinstance(s, UpdateStep) for s in steps):
+        raise TypeError(f"{label}.update_steps() must return a non-empty list of UpdateStep, got {steps!r}.")
+    owned = {id(p) for p in model.parameters()}
+    seen: dict[int, str] = {}
+    names: set[str] = set()
+    for step in steps:
+        if not isinstance(step.name, str) or not step.name or step.name in names:
+            raise ValueError(
+                f"{label}.update_steps(): step names must be distinct non-empty strings, got {step.name!r} "
+                f"(names so far: {sorted(names)})."
+            )
+        names.add(step.name)
+        if not callable(step.loss):
+            raise TypeError(f"{label}.update_steps(): the loss of step {step.name!r} is not callable.")
+        params = list(step.parameters)
+        if not params:
+            raise ValueError(f"{label}.update_steps(): step {step.name!r} has no parameters to update.")
+        for p in params:
+            if id(p) not in owned or not p.requires_grad:
+                raise ValueError(
+                    f"{label}.update_steps(): step {step.name!r} lists a parameter that is not a trainable "
+                    "parameter of the model."
+                )
+            if id(p) in seen:
+                raise ValueError(
+                    f"{label}.update_steps(): a parameter is updated by both {seen[id(p)]!r} and {step.name!r}; "
+                    "give each parameter to one step."
+                )
+            seen[id(p)] = step.name
+    return list(steps)
 
 
 def impute_all(
@@ -156,7 +192,8 @@ class TrainResult:
     seconds
         Wall time of the whole fit.
     stop_reason
-        ``"no_refit"`` (``max_loops == 0``), ``"max_loops"``, ``"patience"``, or the
+        ``"no_refit"`` (``max_loops == 0``), ``"max_loops"``, ``"patience"``,
+        ``"closed_form"`` (a family fitted once, ``trainable = False``), or the
         reason a callback passed to :meth:`Trainer.request_stop`.
     """
 
@@ -204,9 +241,15 @@ class Trainer:
 
     Attributes
     ----------
+    optimizers, schedulers
+        ``{step name: Adam}`` and ``{step name: ExponentialLR}``: one optimiser and
+        schedule per update step of the model
+        (:meth:`~ciss_autoimpute.models.base.ImputationModel.update_steps`), created
+        once per :meth:`fit`. Most families have one step, ``"model"``; GAIN has
+        ``"discriminator"`` and ``"generator"``.
     optimizer, scheduler
-        The Adam optimiser and ``ExponentialLR`` schedule of the current run (created
-        once per :meth:`fit`).
+        The first step's optimiser and schedule (the only ones for single-step
+        families).
     epoch, loop
         Epochs trained so far in this run, and the current loop (0 during initial
         training).
@@ -217,10 +260,18 @@ class Trainer:
 
     Notes
     -----
+    Every batch runs the model's update steps in order; each step evaluates its loss,
+    zeroes the gradients, back-propagates, clips the gradients of its own parameters
+    (``TrainConfig.grad_clip``) and steps its own optimiser. Learning rate, weight
+    decay, decay factor and the refit adjustments apply to every step alike.
+
     Epoch records hold ``phase`` (``"initial"`` or ``"refit"``), ``loop``, ``epoch``
     (1-based, counted over the whole run), ``loss`` (row-weighted mean over the epoch),
     the model's loss parts (e.g. ``nll``, ``kl``), ``lr`` (the rate used during the
     epoch), ``val`` (only when scored, see ``TrainConfig.val_every``) and ``seconds``.
+    With several update steps, ``loss`` is the sum of the steps' losses and each step
+    adds ``<step>_loss`` and its parts as ``<step>_<part>`` (e.g.
+    ``discriminator_loss``, ``generator_mse``).
     Loop records hold ``loop``, ``val`` and the other fields of
     :meth:`ValidationScore.to_dict` (``per_cluster``, ``numeric_rmse``, ...),
     ``improved``, ``best_loop``, ``best_val``, ``loops_since_improvement``, ``epochs``
@@ -280,6 +331,9 @@ class Trainer:
 
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.ExponentialLR | None = None
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, torch.optim.lr_scheduler.ExponentialLR] = {}
+        self._steps: list[UpdateStep] = []
         self.generator: torch.Generator | None = None
         self._params: list[nn.Parameter] = []
         self.history = History()
@@ -370,11 +424,14 @@ class Trainer:
         """One pass over all rows in a random order; returns the epoch record."""
         start = time.perf_counter()
         model, opt, gen = self.model, self.optimizer, self.generator
-        assert opt is not None and self.scheduler is not None and gen is not None
+        assert opt is not None and self.scheduler is not None and gen is not None and self._steps
         n = x.shape[0]
         bs = self.train_config.batch_size
         clip = self.train_config.grad_clip
         lr = float(opt.param_groups[0]["lr"])
+        steps = [(step, self.optimizers[step.name]) for step in self._steps]
+        # One step keeps the model's part names; several prefix them with the step name.
+        single = len(steps) == 1
         model.train()
         perm = torch.randperm(n, generator=gen, device=self.device)
         # Sums stay on the device; one synchronisation per epoch, not per batch.
@@ -384,24 +441,35 @@ class Trainer:
             idx = perm[s:s + bs]
             # index_select, not x[idx]: same rows, but advanced indexing of a float
             # matrix is ~5x slower on CPU (measured 22 us vs 4 us for 256 x 50).
-            out = model.loss(x.index_select(0, idx), mask.index_select(0, idx), clusters.index_select(0, idx),
-                             generator=gen)
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            if clip is not None:
-                nn.utils.clip_grad_norm_(self._params, clip)
-            opt.step()
+            xb, mb, cb = x.index_select(0, idx), mask.index_select(0, idx), clusters.index_select(0, idx)
             rows = idx.numel()
-            loss_sum += out.loss.detach() * rows
-            for k, v in out.parts.items():
-                v = v.detach().to(self.device, torch.float32).reshape(())
-                part_sums[k] = part_sums[k] + v * rows if k in part_sums else v * rows
+            for step, step_opt in steps:
+                out = step.loss(xb, mb, cb, generator=gen)
+                step_opt.zero_grad(set_to_none=True)
+                out.loss.backward()
+                if clip is not None:
+                    nn.utils.clip_grad_norm_(step.parameters, clip)
+                step_opt.step()
+                # In-place multiply-adds: one small op per sum and batch instead of two.
+                loss_sum.add_(out.loss.detach(), alpha=rows)
+                parts = out.parts if single else {
+                    f"{step.name}_loss": out.loss, **{f"{step.name}_{k}": v for k, v in out.parts.items()}
+                }
+                for k, v in parts.items():
+                    v = v.detach().to(self.device, torch.float32).reshape(())
+                    if k in part_sums:
+                        part_sums[k].add_(v, alpha=rows)
+                    else:
+                        part_sums[k] = v * rows
         self.epoch += 1
         values = torch.stack([loss_sum, *part_sums.values()]).div(n).tolist()
         loss = values[0]
         if not math.isfinite(loss):
+            which = "" if single else " (" + ", ".join(
+                f"{k}={v:.4g}" for k, v in zip(part_sums, values[1:]) if k.endswith("_loss")
+            ) + ")"
             raise TrainingDivergedError(
-                f"The training loss became {loss} in epoch {self.epoch} ({phase} phase, loop {self.loop}) "
+                f"The training loss became {loss}{which} in epoch {self.epoch} ({phase} phase, loop {self.loop}) "
                 f"at learning rate {lr:.3g}; lower TrainConfig.lr, enable TrainConfig.grad_clip "
                 "(e.g. 5.0) or check the data scaling."
             )
@@ -409,7 +477,8 @@ class Trainer:
         for k, v in zip(part_sums, values[1:]):
             record[f"part_{k}" if k in _EPOCH_KEYS else k] = v
         record["lr"] = lr
-        self.scheduler.step()
+        for scheduler in self.schedulers.values():
+            scheduler.step()
         record["seconds"] = time.perf_counter() - start
         return record
 
@@ -476,14 +545,26 @@ class Trainer:
         model = self.model.to(self.device)
         data = data.to(self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        if not getattr(model, "trainable", True):
+            return self._fit_closed_form(model, data, t0)
         self._params = [p for p in model.parameters() if p.requires_grad]
         if not self._params:
             raise ValueError(f"{type(model).__name__} has no trainable parameters; nothing to train.")
-        # Created once per run; the refit phase only edits lr / gamma in place.
-        self.optimizer = torch.optim.Adam(
-            self._params, lr=tc.lr, weight_decay=tc.weight_decay, fused=_fused_adam_supported(self._params)
-        )
-        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=tc.decay_factor)
+        self._steps = _checked_steps(model)
+        # Created once per run, one per update step; the refit phase only edits lr / gamma in place.
+        self.optimizers = {
+            step.name: torch.optim.Adam(
+                list(step.parameters), lr=tc.lr, weight_decay=tc.weight_decay,
+                fused=_fused_adam_supported(list(step.parameters)),
+            )
+            for step in self._steps
+        }
+        self.schedulers = {
+            name: torch.optim.lr_scheduler.ExponentialLR(opt, gamma=tc.decay_factor)
+            for name, opt in self.optimizers.items()
+        }
+        self.optimizer = self.optimizers[self._steps[0].name]
+        self.scheduler = self.schedulers[self._steps[0].name]
 
         has_beta = hasattr(model, "beta")
         original_beta = getattr(model, "beta", None)
@@ -509,10 +590,12 @@ class Trainer:
                         _LOGGER.debug("%s has no beta; beta_refit ignored", type(model).__name__)
                 if rc.reset_lr_refit:
                     new_lr = rc.lr_refit if rc.lr_refit is not None else tc.lr
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = new_lr
+                    for opt in self.optimizers.values():
+                        for group in opt.param_groups:
+                            group["lr"] = new_lr
                 if rc.decay_factor_refit is not None:
-                    self.scheduler.gamma = rc.decay_factor_refit
+                    for scheduler in self.schedulers.values():
+                        scheduler.gamma = rc.decay_factor_refit
                 epochs_per_loop = rc.epochs_per_loop if rc.epochs_per_loop is not None else tc.epochs
 
                 for loop in range(1, rc.max_loops + 1):
@@ -559,8 +642,41 @@ class Trainer:
         self._notify("on_fit_end", result)
         return result
 
+    def _fit_closed_form(self, model: ImputationModel, data: EncodedData, t0: float) -> TrainResult:
+        """A family with ``trainable = False``: fit once, impute, score the holdout.
+
+        No optimiser, no epochs: one loop (loop 0) whose record carries ``epochs = 0``
+        and ``lr = None``; ``epoch_history`` stays empty. The callbacks' hooks run as
+        usual (``on_fit_start``, ``on_loop_end`` once, ``on_fit_end``), so pruning,
+        time budgets and the history see the trial like any other.
+        """
+        self.optimizer, self.scheduler, self.optimizers, self.schedulers = None, None, {}, {}
+        self._steps, self._params = [], []
+        self._notify("on_fit_start", data)
+        loop_start = time.perf_counter()
+        model.fit(data.x, data.train_mask, data.clusters, generator=self.generator)
+        imp = self._impute(data, data.x)
+        score = validation_score(imp, data, weights=self.metric_weights)
+        self.best_score, self.best_loop = score, 0
+        best_state = self._snapshot()
+        self._end_loop(score, True, 0, loop_start)
+        result = TrainResult(
+            model=model,
+            best_state=best_state,
+            imputed=imp,
+            best_score=score,
+            best_loop=0,
+            epoch_history=self.history.epochs,
+            loop_history=self.history.loops,
+            n_epochs=0,
+            seconds=time.perf_counter() - t0,
+            stop_reason=self._stop_reason or "closed_form",
+        )
+        self._notify("on_fit_end", result)
+        return result
+
     def _end_loop(self, score: ValidationScore, improved: bool, epochs: int, start: float) -> None:
-        assert self.best_score is not None and self.optimizer is not None
+        assert self.best_score is not None
         record: dict[str, Any] = {"loop": self.loop}
         record.update(score.to_dict())
         record.update({
@@ -569,7 +685,8 @@ class Trainer:
             "best_val": self.best_score.total,
             "loops_since_improvement": self.loops_since_improvement,
             "epochs": epochs,
-            "lr": float(self.optimizer.param_groups[0]["lr"]),
+            # None for closed-form families, which have no optimiser.
+            "lr": float(self.optimizer.param_groups[0]["lr"]) if self.optimizer is not None else None,
             "seconds": time.perf_counter() - start,
         })
         self._notify("on_loop_end", record)

@@ -22,7 +22,20 @@ import pandas as pd
 from ..exceptions import TrainingDivergedError
 from .workers import SurplusTrialError
 
-__all__ = ["PruningCallback", "TuneResult", "autotune", "default_pruner", "default_sampler", "make_objective"]
+__all__ = [
+    "PruningCallback",
+    "TuneResult",
+    "WARM_START_ATTR",
+    "autotune",
+    "default_pruner",
+    "default_sampler",
+    "enqueue_warm_start",
+    "make_objective",
+    "warm_start_params",
+]
+
+#: Trial user attribute naming the family whose defaults a warm-start trial runs.
+WARM_START_ATTR = "warm_start"
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +77,9 @@ class PruningCallback:
         if not math.isfinite(value):
             raise TrainingDivergedError(f"validation error is {value} after refit loop {step}")
         self.trial.report(value, step)
-        if self.trial.should_prune():
+        # A closed-form family is scored once, after all its work is done: stopping it
+        # saves nothing, and its row in the trials table should show its real result.
+        if getattr(trainer.model, "trainable", True) and self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned after refit loop {step} with validation error {value:.4g}")
 
 
@@ -150,6 +165,11 @@ class _Objective:
             except SurplusTrialError as exc:
                 trial.set_user_attr("fail_reason", str(exc))
                 raise
+        try:
+            _check_warm_start_duplicate(trial)
+        except SurplusTrialError as exc:
+            trial.set_user_attr("fail_reason", str(exc))
+            raise
         config = self.space.sample(trial)
         trial.set_user_attr("model", config.model)
         trial.set_user_attr("config", config.to_dict())
@@ -251,6 +271,155 @@ def default_pruner() -> Any:
     return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
 
 
+def warm_start_params(space: Any, *, families: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Optuna parameters of each family's default configuration in ``space``.
+
+    The configuration is :meth:`SearchSpace.fixed_config` of the family (its defaults
+    where they lie in the space, else the middle of each range), spelled as the
+    parameter names :meth:`SearchSpace.sample` suggests (``"model"``,
+    ``"<family>.<param>"``, training and clustering options), so that
+    ``study.enqueue_trial(params)`` replays exactly that configuration.
+
+    Parameters
+    ----------
+    space
+        A :class:`~ciss_autoimpute.SearchSpace`.
+    families
+        Closed-form families (``trainable = False``: ``mean``, ``knn``, ``mice``,
+        ``missforest``) to include; ``None`` means all of them that are in the space.
+        Trained families are refused: their defaults are rarely a good configuration
+        and their spaces use meta keys (depth, widths) with no single default point.
+
+    Returns
+    -------
+    dict
+        ``{family: params}``, cheapest family first (``mean``, ``knn``, ``mice``,
+        ``missforest``; the class attribute ``relative_cost``).
+
+    Examples
+    --------
+    >>> from ciss_autoimpute import SearchSpace
+    >>> warm_start_params(SearchSpace(["knn", "mean", "vae"]))
+    {'mean': {'model': 'mean'}, 'knn': {'model': 'knn', 'knn.n_neighbors': 5, 'knn.weights': 'uniform'}}
+    """
+    from ..models.registry import get_model_class
+
+    if families is None:
+        families = [f for f in space.family_names if not getattr(get_model_class(f), "trainable", True)]
+    out: dict[str, dict[str, Any]] = {}
+    families = sorted(families, key=lambda f: (getattr(get_model_class(f), "relative_cost", 0), f))
+    for family in families:
+        if family not in space.family_names:
+            raise ValueError(f"warm start: {family!r} is not in the search space {list(space.family_names)}.")
+        if getattr(get_model_class(family), "trainable", True):
+            raise ValueError(
+                f"warm start: {family!r} is a trained family; warm starts cover the closed-form ones "
+                "(mean, knn, mice, missforest). Leave it to the sampler."
+            )
+        config = space.fixed_config(family)
+        # Replay the sampling with the fixed configuration's values to learn the names
+        # the trial will suggest, so the enqueued parameters match them one to one.
+        recorder = _Recorder(config)
+        space.sample(recorder)
+        out[family] = recorder.params
+    return out
+
+
+class _Recorder:
+    """A stand-in trial answering each suggestion from a fixed configuration and recording it."""
+
+    number = 0
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.params: dict[str, Any] = {}
+        flat = {"model": config.model}
+        flat.update({f"{config.model}.{k}": v for k, v in config.model_params.items()})
+        flat.update(config.train_params)
+        flat.update(config.clustering_params)
+        self._flat = flat
+
+    def _answer(self, name: str, fallback: Any) -> Any:
+        value = self._flat.get(name, fallback)
+        self.params[name] = value
+        return value
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        return self._answer(name, list(choices)[0])
+
+    def suggest_int(self, name: str, low: int, high: int, **_: Any) -> int:
+        return self._answer(name, low)
+
+    def suggest_float(self, name: str, low: float, high: float, **_: Any) -> float:
+        return self._answer(name, low)
+
+
+def enqueue_warm_start(
+    study: Any, space: Any, *, families: Sequence[str] | None = None, limit: int | None = None
+) -> list[str]:
+    """Queue one trial per family with its default configuration, unless the study has one.
+
+    A family counts as present when any trial of the study (in any state) carries the
+    user attribute :data:`WARM_START_ATTR` with its name, so a resumed study, or a
+    second worker joining it, queues nothing twice. Two workers starting a new study at
+    the same instant may both queue a family; the later trial then steps aside when it
+    starts (it fails as surplus, without training).
+
+    Parameters
+    ----------
+    study
+        An ``optuna.Study``.
+    space
+        The :class:`~ciss_autoimpute.SearchSpace` the study samples from.
+    families
+        As for :func:`warm_start_params` (default: the closed-form families).
+    limit
+        Queue at most this many, cheapest first (``autotune`` passes its trial count,
+        so a short run does not leave queued trials behind).
+
+    Returns
+    -------
+    list of str
+        The families queued by this call.
+    """
+    present = {
+        t.user_attrs.get(WARM_START_ATTR)
+        for t in study.get_trials(deepcopy=False)
+        if t.user_attrs.get(WARM_START_ATTR) is not None
+    }
+    queued: list[str] = []
+    for family, params in warm_start_params(space, families=families).items():
+        if family in present:
+            continue
+        if limit is not None and len(queued) >= limit:
+            break
+        study.enqueue_trial(params, user_attrs={WARM_START_ATTR: family})
+        queued.append(family)
+    if queued:
+        logger.info("Study %r: queued the default configuration of %s first", study.study_name, queued)
+    return queued
+
+
+def _check_warm_start_duplicate(trial: Any) -> None:
+    """Refuse a warm-start trial when an earlier live trial already runs the same family's defaults."""
+    from optuna.trial import TrialState
+
+    family = trial.user_attrs.get(WARM_START_ATTR)
+    if family is None:
+        return
+    live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    earlier = [
+        t.number
+        for t in trial.study.get_trials(deepcopy=False, states=live)
+        if t.number < trial.number and t.user_attrs.get(WARM_START_ATTR) == family
+    ]
+    if earlier:
+        raise SurplusTrialError(
+            f"surplus: trial #{earlier[0]} already runs the default configuration of {family!r} "
+            "(two workers queued the warm start at the same moment)"
+        )
+
+
 def _artifact_store(study: Any, storage_arg: Any, artifact_dir: Any) -> Any:
     """The shared folder of best-model artifacts: given, else recorded on the study, else the default.
 
@@ -311,6 +480,7 @@ def autotune(
     trial_callbacks: Sequence[Any] = (),
     study_trials: int | None = None,
     data_path: str | os.PathLike | None = None,
+    warm_start: bool = True,
 ) -> TuneResult:
     """Tune the model family and its hyperparameters with Optuna.
 
@@ -372,6 +542,14 @@ def autotune(
     data_path
         The file the data was read from, recorded on a new study so that
         ``ciss-autoimpute worker`` on another machine can read it.
+    warm_start
+        Queue, before any sampled trial, one trial per closed-form family of the space
+        (``mean``, ``knn``, ``mice``, ``missforest``) with its default parameters, so
+        a cheap classical baseline is always among the finished trials and the study
+        can only pick a deep model that beats it. Families already warm-started in
+        the study (a resumed study, another worker) are not queued again; see
+        :func:`enqueue_warm_start`. The queued trials count towards ``n_trials``; with
+        fewer trials than families, the cheapest families are queued (``mean`` first).
 
     Returns
     -------
@@ -425,6 +603,8 @@ def autotune(
         raise ValueError(f"study_trials must be a positive integer or None, got {study_trials!r}.")
     if data_path is not None and not isinstance(data_path, (str, os.PathLike)):
         raise TypeError(f"data_path must be a path or None, got {type(data_path).__name__}.")
+    if not isinstance(warm_start, bool):
+        raise TypeError(f"warm_start must be True or False, got {warm_start!r}.")
 
     from .storage import mask_url, storage_url
     from .workers import (
@@ -467,6 +647,10 @@ def autotune(
     study.set_user_attr("search_space", search_space.to_dict())
     study.set_user_attr("data_shape", [len(dataset), len(dataset.columns)])
     store = _artifact_store(study, storage if isinstance(storage, (str, os.PathLike)) else resolved, artifact_dir)
+
+    if warm_start:
+        room = [v for v in (n_trials, study_trials) if v is not None]
+        enqueue_warm_start(study, search_space, limit=min(room) if room else None)
 
     target = None
     if study_trials is not None:

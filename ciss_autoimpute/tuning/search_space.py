@@ -363,6 +363,9 @@ class SearchSpace:
         default ``{}`` (the dataset's clustering is used as it is).
         ``leiden_resolution`` and ``k_neighbors`` are only sampled when
         ``n_clusters`` is ``None`` (Leiden) in that trial or not tuned.
+        Closed-form families (``trainable = False``: ``mean``, ``knn``, ``mice``,
+        ``missforest``) sample neither training nor clustering options: they have no
+        epochs and pool all rows.
     evaluate_all_orders
         For families with shared layers: instead of sampling a placement
         (``at_start``/``at_end``/``alternating``/``random``), sample the order itself
@@ -802,6 +805,11 @@ class SearchSpace:
         fixed: bool,
     ) -> TrialConfig:
         model_params = self._resolve_model(model, pick, seed, fixed=fixed)
+        if not getattr(_registry().get_model_class(model), "trainable", True):
+            # A closed-form family (mean, knn, mice, missforest) has no epochs or learning
+            # rate and pools all rows whatever the clusters: sampling those options for it
+            # would only add noise to the sampler and to the trials table.
+            return TrialConfig(model, model_params, {}, {})
         train_defaults: dict[str, Any] = {}
         clustering_defaults: dict[str, Any] = {"n_clusters": None}
         if fixed:

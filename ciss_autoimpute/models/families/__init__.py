@@ -5,8 +5,14 @@ Each module registers its class with
 """
 
 from .cissvae import CISSVAE, layer_order
+from .classical import KNNFamily, MeanFamily, MICEFamily, MissForestFamily
+from .gain import GAIN
+from .mida import MIDA
 from .miwae import MIWAE
 from .notmiwae import NotMIWAE
 from .vae import VAE
 
-__all__ = ["CISSVAE", "MIWAE", "NotMIWAE", "VAE", "layer_order"]
+__all__ = [
+    "CISSVAE", "GAIN", "KNNFamily", "MICEFamily", "MIDA", "MIWAE", "MeanFamily", "MissForestFamily", "NotMIWAE",
+    "VAE", "layer_order",
+]

@@ -25,6 +25,7 @@ __all__ = [
     "common_space",
     "default_generator",
     "keep_observed",
+    "unsort_rows",
 ]
 
 #: Bounds of the encoder's log-variance (keeps exp() finite early in training).
@@ -192,13 +193,42 @@ class LatentModel(ImputationModel):
             return None
         return ClusterIndex.build(clusters, self.n_clusters).expand(repeats)
 
+    def group_rows(
+        self, x: torch.Tensor, mask: torch.Tensor, clusters: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, ClusterIndex | None, torch.Tensor | None]:
+        """The batch sorted by cluster once, for every cluster-specific layer of a call.
+
+        Returns ``(x, mask, index, order)``: the rows of ``x`` and ``mask`` put in
+        cluster order (``x.index_select(0, order)``), a grouped
+        :class:`~ciss_autoimpute.models.layers.ClusterIndex` and the permutation
+        ``order``. Models whose layers are all shared get their inputs back unchanged
+        with ``index`` and ``order`` None.
+
+        Notes
+        -----
+        Each cluster-specific layer then multiplies contiguous row segments, instead of
+        gathering its input and scattering its output (and the reverse in the
+        backward pass) itself. Per-row random draws are still made in the caller's
+        row order and permuted (see :meth:`reparameterise`), so results equal those
+        of the unsorted batch up to float rounding; row-wise outputs must be put back
+        with :func:`unsort_rows`.
+        """
+        if not self._needs_index:
+            return x, mask, None, None
+        order = torch.argsort(clusters, stable=True)
+        counts = torch.bincount(clusters, minlength=self.n_clusters).tolist()
+        index = ClusterIndex.grouped(counts, self.n_clusters, clusters.index_select(0, order))
+        return x.index_select(0, order), mask.index_select(0, order), index, order
+
     def encode(
         self, x: torch.Tensor, index: ClusterIndex | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and log-variance ``[n, latent_dim]`` each."""
         h = self.encoder(x, index)
         mu, logvar = self.latent(h, index).chunk(2, dim=-1)
-        return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+        # hardtanh: clamp's values with a one-kernel backward (clamp's backward runs several
+        # slow bool ops); the gradients differ only at exactly the bounds.
+        return mu, torch.nn.functional.hardtanh(logvar, LOGVAR_MIN, LOGVAR_MAX)
 
     def decode(self, z: torch.Tensor, index: ClusterIndex | None = None) -> torch.Tensor:
         """Raw likelihood parameters ``[..., n, n_params]`` for latents ``[..., n, latent_dim]``."""
@@ -206,11 +236,22 @@ class LatentModel(ImputationModel):
 
     @staticmethod
     def reparameterise(
-        mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator, n_samples: int | None = None
+        mu: torch.Tensor,
+        logvar: torch.Tensor,
+        generator: torch.Generator,
+        n_samples: int | None = None,
+        order: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``mu + sigma * eps``; with ``n_samples`` a leading sample axis is added."""
+        """``mu + sigma * eps``; with ``n_samples`` a leading sample axis is added.
+
+        ``order`` (from :meth:`group_rows`) says the rows of ``mu`` are the caller's
+        rows permuted: ``eps`` is drawn in the caller's order and permuted the same
+        way, so each row gets the noise it would get unsorted.
+        """
         shape = mu.shape if n_samples is None else (n_samples, *mu.shape)
         eps = torch.randn(shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        if order is not None:
+            eps = eps.index_select(-2, order)
         return mu + torch.exp(0.5 * logvar) * eps
 
     # -------------------------------------------------------------- input checks
@@ -251,6 +292,15 @@ def _describe(v: Any) -> str:
     if isinstance(v, torch.Tensor):
         return f"a {v.dtype} tensor of shape {tuple(v.shape)}"
     return f"{type(v).__name__}"
+
+
+def unsort_rows(values: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
+    """Undo :meth:`LatentModel.group_rows` on the row axis (-2) of ``values``."""
+    if order is None:
+        return values
+    inverse = torch.empty_like(order)
+    inverse.scatter_(0, order, torch.arange(order.numel(), device=order.device))
+    return values.index_select(-2, inverse)
 
 
 def keep_observed(x: torch.Tensor, mask: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:

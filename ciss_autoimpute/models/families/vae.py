@@ -11,7 +11,7 @@ from ...tuning.params import Categorical, Float, Param
 from ..base import LossOutput
 from ..bounds import elbo_analytic, gaussian_kl
 from ..registry import register_model
-from ._common import LatentModel, check_float, common_space, default_generator, keep_observed
+from ._common import LatentModel, check_float, common_space, default_generator, keep_observed, unsort_rows
 
 __all__ = ["VAE"]
 
@@ -102,9 +102,11 @@ class VAE(LatentModel):
     ) -> LossOutput:
         self.check_batch(x, mask, clusters)
         g = default_generator(x.device, generator)
-        index = self.cluster_index(clusters)
+        # Rows sorted by cluster once for all cluster-specific layers (no-op when all
+        # are shared); the loss is a mean over rows, so their order does not matter.
+        x, mask, index, order = self.group_rows(x, mask, clusters)
         mu, logvar = self.encode(x, index)
-        z = self.reparameterise(mu, logvar, g)
+        z = self.reparameterise(mu, logvar, g, order=order)
         log_px = self.likelihood.log_prob(self.decode(z, index), x, mask)
         kl = gaussian_kl(mu, logvar)
         bound = elbo_analytic(log_px, kl, float(self.beta))
@@ -124,9 +126,9 @@ class VAE(LatentModel):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         self.check_batch(x, mask, clusters)
-        index = self.cluster_index(clusters)
-        mu, _ = self.encode(x, index)
-        return self.likelihood.mean(self.decode(mu, index))
+        xs, _, index, order = self.group_rows(x, mask, clusters)
+        mu, _ = self.encode(xs, index)
+        return unsort_rows(self.likelihood.mean(self.decode(mu, index)), order)
 
     @torch.no_grad()
     def sample_imputations(
@@ -141,10 +143,11 @@ class VAE(LatentModel):
         self.check_batch(x, mask, clusters)
         _check_n(n)
         g = default_generator(x.device, generator)
-        index = self.cluster_index(clusters)
-        mu, logvar = self.encode(x, index)
-        z = self.reparameterise(mu, logvar, g, n_samples=n)
-        raw = self.decode(z, None if index is None else index.expand(n))
+        xs, _, index, order = self.group_rows(x, mask, clusters)
+        mu, logvar = self.encode(xs, index)
+        z = self.reparameterise(mu, logvar, g, n_samples=n, order=order)
+        # Back to the caller's row order before drawing, so each row gets its own noise.
+        raw = unsort_rows(self.decode(z, index), order)
         draws = self.likelihood.sample(raw, g, numeric_noise=self.params["likelihood"] != "gaussian_fixed")
         return keep_observed(x, mask, draws)
 
