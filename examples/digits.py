@@ -362,8 +362,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args.out.mkdir(parents=True, exist_ok=True)
     what = (f"{args.model}, {args.likelihood} pixels, {args.corruption} corruption {100 * args.rate:.0f}%, "
             f"{len(pixels)} images")
-    grid = plot_grid(pixels, holed, shown, draws, labels, rows, title=f"{what}: RMSE {metrics['rmse_model']:.3f} (mean imputation "
-                     f"{metrics['rmse_mean']:.3f})")
+    title = f"{what}: RMSE {metrics['rmse_model']:.3f} (mean imputation {metrics['rmse_mean']:.3f})"
+    grid = plot_grid(pixels, holed, shown, draws, labels, rows, title=title)
     grid_path = args.out / "digits_grid.png"
     grid.savefig(grid_path)
     latent = latent_means(imp, holed[varying], completed_part)

@@ -605,15 +605,18 @@ def render(args: argparse.Namespace, argv: list[str] | None, info: dict[str, Any
         lines += [
             "## cissvae: cluster-specific vs shared layers (4 clusters, default widths)",
             "",
-            "| rows | all shared s / epoch | all unshared s / epoch | unshared / shared |",
-            "|---:|---:|---:|---:|",
+            "| rows | all shared s / epoch | all unshared s / epoch | unshared / shared "
+            "| CPU s / epoch: shared / unshared | CPU unshared / shared |",
+            "|---:|---:|---:|---:|---|---:|",
         ]
         for (spec, rs), (_, ru) in zip(shared, unshared):
             if "error" in rs or "error" in ru:
                 lines.append(f"| {spec['rows']:,} | {rs.get('error', '')} | {ru.get('error', '')} | |")
                 continue
             lines.append(f"| {spec['rows']:,} | {rs['epoch_seconds']:.2f} | {ru['epoch_seconds']:.2f} "
-                         f"| {ru['epoch_seconds'] / rs['epoch_seconds']:.2f}x |")
+                         f"| {ru['epoch_seconds'] / rs['epoch_seconds']:.2f}x "
+                         f"| {rs['cpu_epoch_seconds']:.2f} / {ru['cpu_epoch_seconds']:.2f} "
+                         f"| {ru['cpu_epoch_seconds'] / rs['cpu_epoch_seconds']:.2f}x |")
         lines.append("")
 
     # ---- package comparison

@@ -199,3 +199,12 @@ def test_corruption_bad_images_raise() -> None:
         load_digits_frame(scale="grey")
     with pytest.raises(ValueError, match="threshold must be a number in \\(0, 1\\]"):
         load_digits_frame(scale="binary", threshold=0.0)
+
+
+def test_images_module_examples_run() -> None:
+    import doctest
+
+    from ciss_autoimpute.datasets import images
+
+    result = doctest.testmod(images, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 8 and result.failed == 0

@@ -129,3 +129,26 @@ def test_bad_input_is_rejected():
         MetricWeights(0, 0, 0)
     with pytest.raises(TypeError, match=r"MetricWeights.numeric must be a finite number, got nan"):
         MetricWeights(numeric=float("nan"))
+
+
+def test_only_the_scored_cells_are_read():
+    # The scorer gathers the held-out cells before any arithmetic, so values elsewhere
+    # (NaN or inf in the imputations, here) cannot leak into the score. The columns are
+    # permuted so that the numeric columns are not one increasing run.
+    perm = [2, 3, 4, 5, 1, 0]  # new column k holds old column perm[k]
+    layout = FeatureLayout(
+        n_features=6, numeric=(5, 4), binary=(0,), categorical=((1, 4),),
+        names=("a", "b", "flag", "colour"), column_of=(2, 3, 3, 3, 1, 0),
+    )
+    bad = IMPUTED.clone()
+    bad[~VAL] = float("nan")
+    bad[0, 3] = float("inf")  # the categorical group is not held out in row 0
+    s = validation_score(bad[:, perm], make_data(VAL[:, perm], X_VAL[:, perm], layout))
+    ref = validation_score(IMPUTED, make_data())
+    assert math.isfinite(s.total)
+    assert s.total == pytest.approx(ref.total)
+    assert (s.n_numeric, s.n_binary, s.n_categorical) == (4, 2, 2)
+    assert s.numeric_rmse == pytest.approx(ref.numeric_rmse)
+    assert s.binary_brier == pytest.approx(ref.binary_brier)
+    assert s.categorical_brier == pytest.approx(ref.categorical_brier)
+    assert s.per_cluster == pytest.approx(ref.per_cluster)

@@ -94,12 +94,15 @@ class MIWAE(LatentModel):
         clusters: torch.Tensor,
         n_samples: int,
         generator: torch.Generator,
+        observed: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """``n_samples`` importance samples per row.
 
         Returns a dict with ``raw [K, n, n_params]`` (decoder output), ``log_px``,
         ``log_pz``, ``log_qz`` and ``log_w`` (each ``[K, n]``), plus whatever the
-        family adds in :meth:`_log_weights`.
+        family adds in :meth:`_log_weights`. ``observed`` (cells observed in the data,
+        held-out ones included; ``None`` means ``mask``) is kept as ``s["observed"]``
+        for families that model the missingness; MIWAE ignores it.
         """
         index = self.cluster_index(clusters)
         mu, logvar = self.encode(x, index)
@@ -110,6 +113,7 @@ class MIWAE(LatentModel):
             "log_px": self.likelihood.log_prob(raw, x, mask),
             "log_pz": standard_normal_log_prob(z),
             "log_qz": gaussian_log_prob(z, mu, logvar),
+            "observed": mask if observed is None else observed,
         }
         s["log_w"] = self._log_weights(s, x, mask, generator)
         return s
@@ -129,6 +133,18 @@ class MIWAE(LatentModel):
             s["raw"], generator, numeric_noise=self.params["likelihood"] != "gaussian_fixed"
         )
 
+    @staticmethod
+    def _check_observed(observed: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor | None:
+        """``observed`` checked against ``mask`` (same shape, bool, a superset of it)."""
+        if observed is None:
+            return None
+        if not isinstance(observed, torch.Tensor) or observed.dtype != torch.bool or observed.shape != mask.shape:
+            raise ValueError(
+                f"observed must be a bool tensor shaped like mask {tuple(mask.shape)}, got "
+                f"{type(observed).__name__} {tuple(getattr(observed, 'shape', ()))}; pass None to use mask."
+            )
+        return observed
+
     # ------------------------------------------------------------------ bound
     def loss(
         self,
@@ -137,10 +153,11 @@ class MIWAE(LatentModel):
         clusters: torch.Tensor,
         *,
         generator: torch.Generator | None = None,
+        observed: torch.Tensor | None = None,
     ) -> LossOutput:
         self.check_batch(x, mask, clusters)
         g = default_generator(x.device, generator)
-        s = self.importance_samples(x, mask, clusters, self.params["n_samples"], g)
+        s = self.importance_samples(x, mask, clusters, self.params["n_samples"], g, self._check_observed(observed, mask))
         bound = iwae_bound(s["log_w"], dim=0)
         return LossOutput(loss=-bound.mean(), parts=self._parts(s))
 
@@ -159,13 +176,15 @@ class MIWAE(LatentModel):
         clusters: torch.Tensor,
         *,
         generator: torch.Generator | None = None,
+        observed: torch.Tensor | None = None,
     ) -> torch.Tensor:
         self.check_batch(x, mask, clusters)
         g = default_generator(x.device, generator)
         k = self.params["n_impute_samples"]
+        obs = self._check_observed(observed, mask)
 
         def chunk(sl: slice) -> torch.Tensor:
-            s = self.importance_samples(x[sl], mask[sl], clusters[sl], k, g)
+            s = self.importance_samples(x[sl], mask[sl], clusters[sl], k, g, None if obs is None else obs[sl])
             w = self_normalised_weights(s["log_w"], dim=0)
             return self.likelihood.clip_probabilities((w.unsqueeze(-1) * self._point_values(s)).sum(0))
 
@@ -180,15 +199,17 @@ class MIWAE(LatentModel):
         n: int,
         *,
         generator: torch.Generator | None = None,
+        observed: torch.Tensor | None = None,
     ) -> torch.Tensor:
         self.check_batch(x, mask, clusters)
         _check_n(n)
         g = default_generator(x.device, generator)
         k = self.params["n_impute_samples"]
         d = x.shape[1]
+        obs = self._check_observed(observed, mask)
 
         def chunk(sl: slice) -> torch.Tensor:
-            s = self.importance_samples(x[sl], mask[sl], clusters[sl], k, g)
+            s = self.importance_samples(x[sl], mask[sl], clusters[sl], k, g, None if obs is None else obs[sl])
             draws = self._draws(s, g)  # [K, rows, d]
             w = self_normalised_weights(s["log_w"], dim=0).T  # [rows, K]
             if w.shape[0] == 0:

@@ -176,12 +176,14 @@ class NotMIWAE(MIWAE):
 
     Notes
     -----
-    * ``s`` is the ``mask`` passed to :meth:`loss` (per user column). During training
-      that is the training mask, so cells held out for validation look missing
-      (``s = 0``) to ``p(s|x)`` just like truly missing cells. The holdout is a
-      random share of the observed cells, which slightly dilutes (never reverses)
-      what the missing process learns; we accept that rather than let the model see
-      held-out values.
+    * ``s`` is the ``observed`` tensor passed to :meth:`loss`, :meth:`impute` and
+      :meth:`sample_imputations` (per user column), or ``mask`` when it is ``None``.
+      The :class:`~ciss_autoimpute.training.Trainer` passes the cells observed in the
+      data, so a cell held out for validation counts as observed (``s = 1``) while its
+      value stays hidden from the likelihood (it is drawn, like a missing one). Were it
+      counted as missing, the holdout — a random share of ordinary observed values —
+      would teach ``p(s|x)`` that ordinary values go missing too, and the holdout would
+      be scored with imputations meant for truly missing cells.
     * In the bound the missing cells of ``x`` are the decoder's draws (numeric draws
       are reparameterised; binary / categorical draws pass no gradient to the
       decoder) and the observed cells are the data.
@@ -267,7 +269,9 @@ class NotMIWAE(MIWAE):
         keep = mask.to(drawn.dtype)
         x_obs = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
         s["x_full"] = torch.addcmul(x_obs, drawn, 1.0 - keep)
-        s["log_ps"] = self.missing.log_prob(s["x_full"], mask)
+        # p(s|x) reads the cells observed in the data: a held-out cell is hidden from the
+        # likelihood (its value is drawn like a missing one) but was observed, s = 1.
+        s["log_ps"] = self.missing.log_prob(s["x_full"], s["observed"])
         return notmiwae_log_weights(s["log_px"], s["log_ps"], s["log_pz"], s["log_qz"])
 
     def _point_values(self, s: dict[str, torch.Tensor]) -> torch.Tensor:
