@@ -443,9 +443,13 @@ def test_cissvae_with_one_cluster_is_a_vae():
     assert torch.equal(ciss.loss(x, mask, one, generator=gen(0)).loss, vae.loss(x, mask, one, generator=gen(0)).loss)
 
 
-def test_cissvae_defaults_follow_the_package():
+def test_cissvae_defaults_follow_the_package_architecture():
+    # Architecture as in the CISS-VAE package; the loss defaults to a learned noise
+    # scale and beta=1 (the package's masked MSE with beta=0.001 imputed worse).
     model = build_model("cissvae", LAYOUT, 3)
-    assert model.params["likelihood"] == "gaussian_fixed" and model.params["beta"] == 0.001
+    assert model.params["likelihood"] == "gaussian" and model.params["beta"] == 1.0
+    package = build_model("cissvae", LAYOUT, 3, {"likelihood": "gaussian_fixed", "beta": 0.001})
+    assert package.likelihood.n_params < model.likelihood.n_params  # no per-cell scale
     assert model.params["layer_order_enc"] == ["unshared", "unshared"]
     assert model.params["layer_order_dec"] == ["shared", "shared"]
     assert model.encoder.blocks[0].weight.shape == (3, 6, 128)  # one weight per cluster

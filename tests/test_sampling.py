@@ -204,7 +204,8 @@ def test_pseudo_gibbs_is_exact_only_with_an_exact_encoder():
 
 def test_fixed_noise_head_warns_and_uses_sqrt_beta():
     # CISS-VAE's default head has unit variance as a loss weight; the draws use sqrt(beta).
-    model = build_model("cissvae", FeatureLayout.all_numeric(3), 1, {**SMALL, "beta": 0.04}, seed=0).eval()
+    model = build_model("cissvae", FeatureLayout.all_numeric(3), 1,
+                        {**SMALL, "likelihood": "gaussian_fixed", "beta": 0.04}, seed=0).eval()
     x = torch.zeros(200, 3)
     mask = torch.ones(200, 3, dtype=torch.bool)
     mask[:, 2] = False

@@ -16,7 +16,11 @@ loop over rows, choosing between two strategies by size:
   ~0.14 ms against ~0.47 ms).
 
 The sort (:class:`ClusterIndex`) is computed once per forward pass and reused by
-every layer of a stack.
+every layer of a stack. Faster still, a caller can sort its batch by cluster once
+(:meth:`ClusterIndex.grouped`, as the VAE family's loss does): every layer then
+multiplies contiguous row segments, with no gather or scatter at all. At batch 256
+(50 -> 128, 4 clusters, forward + backward) the per-layer sort costs 1.16 ms against
+0.72 ms for the pre-sorted rows and 0.52 ms for a shared layer.
 
 All weights are initialised from an explicit ``torch.Generator``; nothing here reads
 the global random state.

@@ -92,9 +92,14 @@ class CISSVAE(VAE):
 
     Notes
     -----
-    * Defaults follow the CISS-VAE package: ``likelihood="gaussian_fixed"`` (its
-      masked-MSE loss: the negative log-likelihood is half the squared error plus a
-      constant) and ``beta=0.001``.
+    * Defaults: ``likelihood="gaussian"`` (a learned noise scale per cell) and
+      ``beta=1.0``. The CISS-VAE package's own loss is one setting away:
+      ``likelihood="gaussian_fixed"`` (masked MSE: the negative log-likelihood is half
+      the squared error plus a constant) with ``beta=0.001``, which the ``cissvae``
+      preset keeps. We departed from it because it imputed worse everywhere we
+      measured (standardised RMSE, MCAR 30 %, seed 0: Gaussian 1000 x 8 0.84 -> 0.57,
+      penguins 0.77 -> 0.64, concrete 0.95 -> 0.92) and gives no noise scale, so
+      its multiple imputations are far too narrow.
     * With ``n_clusters == 1`` every layer is shared and the model is exactly a
       :class:`VAE` (same seed and parameters give the same weights and losses).
     * Imputation and sampling work as in :class:`VAE`.
@@ -110,8 +115,8 @@ class CISSVAE(VAE):
     def default_params(cls) -> dict[str, Any]:
         return {
             **super().default_params(),
-            "likelihood": "gaussian_fixed",
-            "beta": 0.001,
+            "likelihood": "gaussian",
+            "beta": 1.0,
             "layer_order_enc": None,
             "layer_order_dec": None,
             "latent_shared": False,
