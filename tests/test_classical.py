@@ -18,6 +18,7 @@ from ciss_autoimpute import ClusterDataset, Imputer, SearchSpace, autotune
 from ciss_autoimpute.models.registry import build_model
 from ciss_autoimpute.sampling import sample_conditional
 from ciss_autoimpute.training import Callback, RefitConfig, TrainConfig, Trainer
+from ciss_autoimpute.training.metrics import validation_score
 from ciss_autoimpute.tuning.autotune import WARM_START_ATTR, enqueue_warm_start, warm_start_params
 
 CLASSICAL = ("mean", "knn", "mice", "missforest")
@@ -56,20 +57,31 @@ def _sklearn_reference(family, X, lo, hi, seed=3):
 def test_reproduces_scikit_learn_on_the_same_holdout(family):
     data, _ = mixed_set()
     result = _fit(family, data)
-    # scikit-learn sees the same matrix: training cells, NaN on missing and held-out cells.
-    X = np.where(data.train_mask.numpy(), data.x.double().numpy(), np.nan)
     lo = np.r_[[-np.inf] * 3, [0.0] * 5]
     hi = np.r_[[np.inf] * 3, [1.0] * 5]
-    ref = _sklearn_reference(family, X, lo, hi)
-    # The documented finishing step: one-hot shares clipped and divided by their sum.
-    cat = np.clip(ref[:, 5:8], 0, 1)
-    ref[:, 5:8] = cat / cat.sum(1, keepdims=True)
-    unseen = ~data.train_mask.numpy()
+
+    def reference(X):
+        ref = _sklearn_reference(family, X, lo, hi)
+        # The documented finishing step: one-hot shares clipped and divided by their sum.
+        cat = np.clip(ref[:, 5:8], 0, 1)
+        ref[:, 5:8] = cat / cat.sum(1, keepdims=True)
+        return ref
+
+    # The score: scikit-learn on the training cells only (NaN on missing and held-out cells).
+    train = data.train_mask.numpy()
+    ref_train = reference(np.where(train, data.x.double().numpy(), np.nan))
+    scored = torch.where(data.train_mask, data.x, torch.from_numpy(ref_train).float())
+    expected = validation_score(scored, data)
+    assert result.best_score.total == pytest.approx(expected.total, rel=1e-5, abs=1e-6)
+    # The model kept: refit on every observed cell, the holdout's values included.
+    x_all = torch.where(data.val_mask, data.x_val, data.x).double().numpy()
+    observed = data.observed.numpy()
+    ref_all = reference(np.where(observed, x_all, np.nan))
     ours = result.imputed.double().numpy()
-    np.testing.assert_allclose(ours[unseen], ref[unseen], rtol=1e-5, atol=1e-6)
-    # ... and the holdout was scored on exactly those values.
-    val = data.val_mask.numpy()
-    np.testing.assert_allclose(ours[val], ref[val], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours[~observed], ref_all[~observed], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(ours[observed], x_all[observed].astype(np.float32))
+    if family != "mean":  # the refit changed something (the mean of a column can stay put)
+        assert not np.allclose(ours[~observed], ref_train[~observed], rtol=1e-5, atol=1e-6)
 
 
 def test_mean_decodes_to_mean_and_mode():
@@ -206,7 +218,9 @@ def test_sample_imputations_are_seeded_draws(family):
 def test_knn_draws_are_donors_that_average_to_the_imputation():
     data, _ = numeric_set(n=150)
     model = _fit("knn", data, weights="uniform", n_neighbors=4).model
-    x, mask, clusters = data.x, data.train_mask, data.clusters
+    # The model kept was refit on every observed cell, the holdout's values included.
+    x = torch.where(data.val_mask, data.x_val, data.x)
+    mask, clusters = data.observed, data.clusters
     draws = model.sample_imputations(x, mask, clusters, 400, generator=torch.Generator().manual_seed(1))
     single = model.impute(x, mask, clusters)
     miss = ~mask

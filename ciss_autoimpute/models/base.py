@@ -18,6 +18,7 @@ Conventions for every method taking ``(x, mask, clusters)``:
 from __future__ import annotations
 
 import abc
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -79,7 +80,9 @@ class ImputationModel(nn.Module, abc.ABC):
     The constructor signature is ``(layout, n_clusters=1, *, seed=0, **params)``
     where ``params`` are exactly the keys of :meth:`default_params` (missing keys take
     the default; unknown keys raise ``ValueError``). Weights are initialised from a
-    ``torch.Generator`` seeded with ``seed``.
+    ``torch.Generator`` seeded with ``seed``. Constructors start with :meth:`_setup`
+    (argument checks, ``params`` through :meth:`_check_params`) and methods taking a
+    batch start with :meth:`check_batch`, so every family rejects bad input alike.
     """
 
     name: ClassVar[str] = ""
@@ -92,6 +95,7 @@ class ImputationModel(nn.Module, abc.ABC):
 
     layout: FeatureLayout
     n_clusters: int
+    seed: int
     params: dict[str, Any]
 
     @classmethod
@@ -172,6 +176,52 @@ class ImputationModel(nn.Module, abc.ABC):
         return [UpdateStep("model", [p for p in self.parameters() if p.requires_grad], self.loss)]
 
     # ------------------------------------------------------------------ helpers
+    def _setup(self, layout: FeatureLayout, n_clusters: Any, seed: Any, params: dict[str, Any]) -> None:
+        """Check the constructor's arguments and set ``params``, ``layout``, ``n_clusters``, ``seed``.
+
+        Every family's ``__init__`` calls this first, so bad arguments fail the same way
+        before any layer is built. ``params`` are resolved against
+        :meth:`default_params` and normalised by :meth:`_check_params`.
+        """
+        if not isinstance(layout, FeatureLayout):
+            raise TypeError(f"layout must be a FeatureLayout, got {type(layout).__name__}.")
+        if isinstance(n_clusters, bool) or not isinstance(n_clusters, numbers.Integral) or n_clusters < 1:
+            raise ValueError(f"n_clusters must be a positive integer, got {n_clusters!r}.")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"seed must be an integer, got {seed!r}.")
+        self.params = self._check_params(self.resolve_params(params))
+        self.layout = layout
+        self.n_clusters = int(n_clusters)
+        self.seed = int(seed)
+
+    @classmethod
+    def _check_params(cls, p: dict[str, Any]) -> dict[str, Any]:
+        """Validate and normalise the resolved parameters (families override this)."""
+        return dict(p)
+
+    def check_batch(self, x: Any, mask: Any, clusters: Any) -> None:
+        """Raise ``TypeError``/``ValueError`` unless ``(x, mask, clusters)`` fit this model."""
+        d = self.layout.n_features
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point torch.Tensor [n, {d}], got {_describe(x)}.")
+        if x.dim() != 2 or x.shape[1] != d:
+            raise ValueError(f"x must have shape [n, {d}] (the layout's encoded width), got {tuple(x.shape)}.")
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            raise TypeError(f"mask must be a bool torch.Tensor shaped like x, got {_describe(mask)}; use mask.bool().")
+        if mask.shape != x.shape:
+            raise ValueError(f"mask has shape {tuple(mask.shape)} but x has {tuple(x.shape)}; they must match.")
+        if not isinstance(clusters, torch.Tensor) or clusters.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"clusters must be an int64 torch.Tensor [n], got {_describe(clusters)}.")
+        if clusters.shape != (x.shape[0],):
+            raise ValueError(f"clusters must have shape [{x.shape[0]}] (one id per row), got {tuple(clusters.shape)}.")
+        if clusters.numel():
+            lo, hi = int(clusters.min()), int(clusters.max())
+            if lo < 0 or hi >= self.n_clusters:
+                raise ValueError(
+                    f"clusters holds ids {lo}..{hi} but the model was built with n_clusters={self.n_clusters}; "
+                    "ids must lie in 0..n_clusters-1."
+                )
+
     @classmethod
     def resolve_params(cls, params: dict[str, Any]) -> dict[str, Any]:
         """Defaults updated by ``params``; unknown names raise ``ValueError``."""
@@ -194,3 +244,10 @@ class ImputationModel(nn.Module, abc.ABC):
             "n_clusters": int(self.n_clusters),
             "params": dict(self.params),
         }
+
+
+def _describe(v: Any) -> str:
+    """What an argument is, for error messages: dtype and shape of a tensor, else its type."""
+    if isinstance(v, torch.Tensor):
+        return f"a {v.dtype} tensor of shape {tuple(v.shape)}"
+    return type(v).__name__

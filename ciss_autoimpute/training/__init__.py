@@ -4,7 +4,7 @@
 """
 
 from .callbacks import Callback, History, ProgressLogger, TimeBudget, history_frame
-from .config import RefitConfig, TrainConfig, configs_from_dict
+from .config import AUTO_BATCH_SIZE, RefitConfig, TrainConfig, configs_from_dict, resolve_batch_size
 from .metrics import MetricWeights, ValidationScore, held_out_counts, score_imputations, validation_score
 from .trainer import Trainer, TrainResult, impute_all, resolve_device
 
@@ -14,6 +14,8 @@ __all__ = [
     "TrainConfig",
     "RefitConfig",
     "configs_from_dict",
+    "resolve_batch_size",
+    "AUTO_BATCH_SIZE",
     "impute_all",
     "resolve_device",
     "Callback",

@@ -8,7 +8,8 @@ training starts, and both round-trip through a flat dict (:meth:`TrainConfig.to_
 
 Defaults are chosen for small and medium tabular data (hundreds to tens of thousands of
 rows, tens of columns) on a CPU: a few hundred epochs of Adam at ``1e-3`` with
-mini-batches of 256 rows, then up to 10 refit loops of 50 epochs each, stopped after 2
+mini-batches of 256 rows (``batch_size="auto"``: 256 up to 25,600 rows, about 1 % of the
+rows beyond), then up to 10 refit loops of 50 epochs each, stopped after 2
 loops without improvement of the validation score. The CISS-VAE defaults (1000 epochs,
 100 loops of 1000 epochs) are far slower and rarely better on data of this size.
 """
@@ -17,9 +18,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["TrainConfig", "RefitConfig", "configs_from_dict"]
+__all__ = ["TrainConfig", "RefitConfig", "configs_from_dict", "resolve_batch_size", "AUTO_BATCH_SIZE"]
 
 
 def _is_int(value: Any) -> bool:
@@ -41,6 +42,71 @@ def _check_int(owner: str, name: str, value: Any, minimum: int, fix: str) -> Non
 def _check_real(owner: str, name: str, value: Any, fix: str) -> None:
     if not _is_real(value):
         raise TypeError(f"{owner}.{name} must be a finite number, got {value!r}; {fix}.")
+
+
+#: The ``TrainConfig.batch_size`` value that picks the batch size from the data size.
+AUTO_BATCH_SIZE = "auto"
+#: Bounds and divisor of the ``"auto"`` rule (see :func:`resolve_batch_size`).
+AUTO_BATCH_MIN = 256
+AUTO_BATCH_MAX = 4096
+AUTO_ROWS_PER_STEP_DIVISOR = 100
+
+_BATCH_FIX = 'pass a positive number of rows such as 256, or "auto" to choose it from the data size'
+
+
+def _check_batch_size(value: Any, owner: str = "TrainConfig.batch_size") -> None:
+    if isinstance(value, str):
+        raise ValueError(f"{owner} must be a positive integer or {AUTO_BATCH_SIZE!r}, got {value!r}; {_BATCH_FIX}.")
+    if not _is_int(value):
+        raise TypeError(
+            f"{owner} must be a positive integer or {AUTO_BATCH_SIZE!r}, got {value!r} "
+            f"({type(value).__name__}); {_BATCH_FIX}."
+        )
+    if value < 1:
+        raise ValueError(f"{owner} must be >= 1, got {value!r}; {_BATCH_FIX}.")
+
+
+def resolve_batch_size(batch_size: int | Literal["auto"], n_rows: int) -> int:
+    """The number of rows per optimisation step for ``batch_size`` on ``n_rows`` rows.
+
+    An integer is returned as it is. ``"auto"`` gives
+    ``min(4096, max(256, n_rows // 100))``: 256 up to 25,600 rows (the previous fixed
+    default, so small data trains exactly as before), then about 1 % of the rows,
+    i.e. ~100 steps per epoch, capped at 4096 rows per step. Larger batches on large
+    data amortise the fixed per-step cost (small ops, clipping, Adam) over more
+    rows; see ``docs/bench_speed.md``.
+
+    Parameters
+    ----------
+    batch_size
+        A positive integer or ``"auto"`` (:attr:`TrainConfig.batch_size`).
+    n_rows
+        Rows of the training data (>= 0).
+
+    Returns
+    -------
+    int
+        The batch size; it may exceed ``n_rows`` (the epoch is then one batch).
+
+    Raises
+    ------
+    ValueError, TypeError
+        If ``batch_size`` is neither ``"auto"`` nor a positive integer, or ``n_rows``
+        is not a non-negative integer.
+
+    Examples
+    --------
+    >>> resolve_batch_size("auto", 10_000), resolve_batch_size("auto", 100_000)
+    (256, 1000)
+    >>> resolve_batch_size(64, 100_000)
+    64
+    """
+    if not _is_int(n_rows) or n_rows < 0:
+        raise ValueError(f"resolve_batch_size: n_rows must be a non-negative integer, got {n_rows!r}.")
+    if isinstance(batch_size, str) and batch_size == AUTO_BATCH_SIZE:
+        return min(AUTO_BATCH_MAX, max(AUTO_BATCH_MIN, n_rows // AUTO_ROWS_PER_STEP_DIVISOR))
+    _check_batch_size(batch_size, "batch_size")
+    return int(batch_size)
 
 
 @dataclass(frozen=True)
@@ -65,8 +131,19 @@ class TrainConfig:
         catches the occasional exploding step of a variance head without slowing
         ordinary training.
     batch_size
-        Rows per optimisation step (>= 1). Default 256: a few steps per epoch on small
-        data, cheap on a CPU.
+        Rows per optimisation step: a positive integer, or ``"auto"`` (the default) to
+        choose it from the number of training rows when :meth:`Trainer.fit
+        <ciss_autoimpute.training.Trainer.fit>` starts, with
+        :func:`resolve_batch_size`: ``min(4096, max(256, n_rows // 100))``. Up to
+        25,600 rows that is 256, the long-standing default (a few steps per epoch on
+        small data, cheap on a CPU), so results on small data are unchanged. Beyond
+        that it grows to keep about 100 steps per epoch (1,000 at 100k rows): at batch
+        256 a step's ~150 small operations, gradient clipping and the Adam update cost
+        more than its matrix products, and the vae and cissvae families reach only
+        21-33 % of the same-shape matmul rate at 100k rows, against ~45 % at batch
+        1024 (``docs/bench_speed.md``). The cap bounds memory per step. The value
+        actually used is recorded as ``TrainResult.batch_size`` and in every epoch
+        record.
     val_every
         Score the validation holdout every ``val_every`` epochs of initial training and
         record it in the epoch history; 0 or ``None`` only scores at the end. Default 0,
@@ -84,7 +161,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     decay_factor: float = 0.999
     grad_clip: float | None = 5.0
-    batch_size: int = 256
+    batch_size: int | Literal["auto"] = AUTO_BATCH_SIZE
     val_every: int | None = 0
 
     def __post_init__(self) -> None:
@@ -111,7 +188,9 @@ class TrainConfig:
                     f"TrainConfig.grad_clip must be > 0 or None, got {self.grad_clip!r}; "
                     "pass e.g. 5.0, or None to disable clipping."
                 )
-        _check_int(o, "batch_size", self.batch_size, 1, "pass a positive number of rows such as 256")
+        # "auto" is resolved by the Trainer, which knows the number of rows.
+        if not (isinstance(self.batch_size, str) and self.batch_size == AUTO_BATCH_SIZE):
+            _check_batch_size(self.batch_size)
         if self.val_every is not None:
             _check_int(o, "val_every", self.val_every, 0, "pass 0 or None to score only at the end, or e.g. 10")
 

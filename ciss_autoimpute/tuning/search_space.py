@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..training.config import RefitConfig, TrainConfig, configs_from_dict
+from ..training.config import AUTO_BATCH_MIN, RefitConfig, TrainConfig, configs_from_dict
 from .params import Categorical, Fixed, Float, Int, Param, _thaw, as_param, param_from_dict
 
 __all__ = [
@@ -816,6 +816,11 @@ class SearchSpace:
             from ..data.dataset import ClusteringOptions
 
             train_defaults = {**TrainConfig().to_dict(), **RefitConfig().to_dict()}
+            bs = self._train.get("batch_size")
+            if bs is not None and not _in_domain(bs, train_defaults["batch_size"]):
+                # The default "auto" needs the row count; among tuned int choices the plain
+                # fit keeps the value "auto" gives on small data (256), as before "auto".
+                train_defaults["batch_size"] = AUTO_BATCH_MIN
             clustering_defaults.update(
                 k_neighbors=ClusteringOptions().k_neighbors, leiden_resolution=ClusteringOptions().leiden_resolution
             )

@@ -1,5 +1,6 @@
-"""What the four families share: parameter checks, the Gaussian encoder / decoder pair,
-input checks and generator handling."""
+"""What the families share: parameter checks, the Gaussian encoder / decoder pair and
+generator handling (the constructor and batch checks live on
+:class:`~ciss_autoimpute.models.base.ImputationModel`)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ __all__ = [
     "check_dims",
     "check_float",
     "check_int",
+    "check_n",
     "common_space",
     "default_generator",
     "keep_observed",
@@ -40,11 +42,27 @@ def _where(model: str, key: str) -> str:
     return f"{model}: parameter {key!r}"
 
 
-def check_int(model: str, key: str, value: Any, *, low: int = 1) -> int:
-    """``value`` as an int ``>= low`` or a ``ValueError`` naming the parameter."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+def check_int(model: str, key: str, value: Any, *, low: int = 1, allow_numpy: bool = False) -> int:
+    """``value`` as an int ``>= low`` or a ``ValueError`` naming the parameter.
+
+    ``allow_numpy`` also accepts numpy integers (any :class:`numbers.Integral`), as the
+    scikit-learn-backed classical families do.
+    """
+    kind = numbers.Integral if allow_numpy else int
+    if isinstance(value, bool) or not isinstance(value, kind) or value < low:
         raise ValueError(f"{_where(model, key)} must be an integer >= {low}, got {value!r}.")
     return int(value)
+
+
+def check_n(n: Any, *, allow_numpy: bool = False) -> int:
+    """``n`` (number of imputations) as a positive int or a ``ValueError``.
+
+    ``allow_numpy`` also accepts numpy integers (any :class:`numbers.Integral`).
+    """
+    kind = numbers.Integral if allow_numpy else int
+    if isinstance(n, bool) or not isinstance(n, kind) or n < 1:
+        raise ValueError(f"n (number of imputations) must be a positive integer, got {n!r}.")
+    return int(n)
 
 
 def check_float(model: str, key: str, value: Any, *, low: float = 0.0) -> float:
@@ -113,18 +131,8 @@ class LatentModel(ImputationModel):
 
     def __init__(self, layout: FeatureLayout, n_clusters: int = 1, *, seed: int = 0, **params: Any) -> None:
         super().__init__()
-        if not isinstance(layout, FeatureLayout):
-            raise TypeError(f"layout must be a FeatureLayout, got {type(layout).__name__}.")
-        if isinstance(n_clusters, bool) or not isinstance(n_clusters, numbers.Integral) or n_clusters < 1:
-            raise ValueError(f"n_clusters must be a positive integer, got {n_clusters!r}.")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise TypeError(f"seed must be an integer, got {seed!r}.")
-        n_clusters, seed = int(n_clusters), int(seed)
-        resolved = self.resolve_params(params)
-        self.params = self._check_params(resolved)
-        self.layout = layout
-        self.n_clusters = n_clusters
-        self.seed = seed
+        self._setup(layout, n_clusters, seed, params)
+        n_clusters = self.n_clusters
         p = self.params
         self.likelihood = MixedLikelihood(layout, p["likelihood"])
         order_enc, order_dec, latent_shared, output_shared = self._structure()
@@ -138,7 +146,7 @@ class LatentModel(ImputationModel):
         self._needs_index = n_clusters > 1 and any(
             not m.shared for m in self.modules() if isinstance(m, ClusterLinear)
         )
-        self.reset_parameters(seed)
+        self.reset_parameters(self.seed)
 
     #: True when the family models which cells go missing, ``p(s | x)`` (not-MIWAE);
     #: conditional samplers then also weight their draws by :meth:`missingness_log_prob`.
@@ -254,30 +262,7 @@ class LatentModel(ImputationModel):
             eps = eps.index_select(-2, order)
         return mu + torch.exp(0.5 * logvar) * eps
 
-    # -------------------------------------------------------------- input checks
-    def check_batch(self, x: Any, mask: Any, clusters: Any) -> None:
-        """Raise ``TypeError``/``ValueError`` unless ``(x, mask, clusters)`` fit this model."""
-        d = self.layout.n_features
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise TypeError(f"x must be a floating-point torch.Tensor [n, {d}], got {_describe(x)}.")
-        if x.dim() != 2 or x.shape[1] != d:
-            raise ValueError(f"x must have shape [n, {d}] (the layout's encoded width), got {tuple(x.shape)}.")
-        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-            raise TypeError(f"mask must be a bool torch.Tensor shaped like x, got {_describe(mask)}; use mask.bool().")
-        if mask.shape != x.shape:
-            raise ValueError(f"mask has shape {tuple(mask.shape)} but x has {tuple(x.shape)}; they must match.")
-        if not isinstance(clusters, torch.Tensor) or clusters.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"clusters must be an int64 torch.Tensor [n], got {_describe(clusters)}.")
-        if clusters.shape != (x.shape[0],):
-            raise ValueError(f"clusters must have shape [{x.shape[0]}] (one id per row), got {tuple(clusters.shape)}.")
-        if clusters.numel():
-            lo, hi = int(clusters.min()), int(clusters.max())
-            if lo < 0 or hi >= self.n_clusters:
-                raise ValueError(
-                    f"clusters holds ids {lo}..{hi} but the model was built with n_clusters={self.n_clusters}; "
-                    "ids must lie in 0..n_clusters-1."
-                )
-
+    # -------------------------------------------------------------- chunking
     @staticmethod
     def _chunks(n_rows: int, n_samples: int) -> list[slice]:
         """Row slices that keep ``rows x samples`` under :data:`ROW_SAMPLE_BUDGET`."""
@@ -286,12 +271,6 @@ class LatentModel(ImputationModel):
 
     def _map_chunks(self, fn: Callable[[slice], torch.Tensor], n_rows: int, n_samples: int, dim: int) -> torch.Tensor:
         return torch.cat([fn(sl) for sl in self._chunks(n_rows, n_samples)], dim=dim)
-
-
-def _describe(v: Any) -> str:
-    if isinstance(v, torch.Tensor):
-        return f"a {v.dtype} tensor of shape {tuple(v.shape)}"
-    return f"{type(v).__name__}"
 
 
 def unsort_rows(values: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:

@@ -82,7 +82,6 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 import warnings
 from typing import Any
 
@@ -94,6 +93,7 @@ from ...exceptions import NotFittedError
 from ...tuning.params import Categorical, Int, Param
 from ..base import ImputationModel, LossOutput
 from ..registry import register_model
+from ._common import _where, check_int, check_n, default_generator
 
 __all__ = ["ClassicalModel", "KNNFamily", "MICEFamily", "MeanFamily", "MissForestFamily"]
 
@@ -101,37 +101,6 @@ logger = logging.getLogger(__name__)
 
 #: Elements of the (rows x training rows) distance matrix the KNN sampler holds at once.
 _DISTANCE_BUDGET = 1 << 22
-
-
-# ---------------------------------------------------------------------------- checks
-def _where(model: str, key: str) -> str:
-    return f"{model}: parameter {key!r}"
-
-
-def _check_int(model: str, key: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{_where(model, key)} must be an integer >= {low}, got {value!r}.")
-    return int(value)
-
-
-def _describe(v: Any) -> str:
-    if isinstance(v, torch.Tensor):
-        return f"a {v.dtype} tensor of shape {tuple(v.shape)}"
-    return type(v).__name__
-
-
-def _check_n(n: Any) -> int:
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-        raise ValueError(f"n (number of imputations) must be a positive integer, got {n!r}.")
-    return int(n)
-
-
-def _generator(device: torch.device, generator: torch.Generator | None) -> torch.Generator:
-    if generator is None:
-        return torch.Generator(device=device).manual_seed(0)
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}.")
-    return generator
 
 
 def _seed_from(generator: torch.Generator) -> int:
@@ -170,17 +139,8 @@ class ClassicalModel(ImputationModel):
 
     def __init__(self, layout: FeatureLayout, n_clusters: int = 1, *, seed: int = 0, **params: Any) -> None:
         super().__init__()
-        if not isinstance(layout, FeatureLayout):
-            raise TypeError(f"layout must be a FeatureLayout, got {type(layout).__name__}.")
-        if isinstance(n_clusters, bool) or not isinstance(n_clusters, numbers.Integral) or n_clusters < 1:
-            raise ValueError(f"n_clusters must be a positive integer, got {n_clusters!r}.")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise TypeError(f"seed must be an integer, got {seed!r}.")
-        self.params = self._check_params(self.resolve_params(params))
-        self.layout = layout
-        self.n_clusters = int(n_clusters)
-        self.seed = int(seed)
-        self.register_buffer("fit_seed", torch.tensor(int(seed) % 2**32, dtype=torch.int64))
+        self._setup(layout, n_clusters, seed, params)
+        self.register_buffer("fit_seed", torch.tensor(self.seed % 2**32, dtype=torch.int64))
         self._register_state_buffers()
         self._estimator: Any = None
         lo = np.full(layout.n_features, -np.inf)
@@ -191,10 +151,6 @@ class ClassicalModel(ImputationModel):
         self._lo, self._hi = lo, hi
 
     # -------------------------------------------------------------- family hooks
-    @classmethod
-    def _check_params(cls, p: dict[str, Any]) -> dict[str, Any]:
-        return dict(p)
-
     def _register_state_buffers(self) -> None:
         """The fitted state; by default the training matrix and the cells it may read."""
         d = self.layout.n_features
@@ -324,38 +280,14 @@ class ClassicalModel(ImputationModel):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         self.check_batch(x, mask, clusters)
-        n = _check_n(n)
-        g = _generator(x.device, generator)
+        n = check_n(n, allow_numpy=True)
+        g = default_generator(x.device, generator)
         if x.shape[0] == 0:
             return x.new_empty((n, *x.shape))
         holed = _holed(x, mask)
         filled = self._impute_matrix(holed)
         draws = self._sample_matrix(holed, filled, n, g).to(device=x.device, dtype=x.dtype)
         return torch.where(mask, x, draws)
-
-    # -------------------------------------------------------------- checks
-    def check_batch(self, x: Any, mask: Any, clusters: Any) -> None:
-        """Raise ``TypeError``/``ValueError`` unless ``(x, mask, clusters)`` fit this model."""
-        d = self.layout.n_features
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise TypeError(f"x must be a floating-point torch.Tensor [n, {d}], got {_describe(x)}.")
-        if x.dim() != 2 or x.shape[1] != d:
-            raise ValueError(f"x must have shape [n, {d}] (the layout's encoded width), got {tuple(x.shape)}.")
-        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-            raise TypeError(f"mask must be a bool torch.Tensor shaped like x, got {_describe(mask)}; use mask.bool().")
-        if mask.shape != x.shape:
-            raise ValueError(f"mask has shape {tuple(mask.shape)} but x has {tuple(x.shape)}; they must match.")
-        if not isinstance(clusters, torch.Tensor) or clusters.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"clusters must be an int64 torch.Tensor [n], got {_describe(clusters)}.")
-        if clusters.shape != (x.shape[0],):
-            raise ValueError(f"clusters must have shape [{x.shape[0]}] (one id per row), got {tuple(clusters.shape)}.")
-        if clusters.numel():
-            lo, hi = int(clusters.min()), int(clusters.max())
-            if lo < 0 or hi >= self.n_clusters:
-                raise ValueError(
-                    f"clusters holds ids {lo}..{hi} but the model was built with n_clusters={self.n_clusters}; "
-                    "ids must lie in 0..n_clusters-1."
-                )
 
     # -------------------------------------------------------------- state
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
@@ -534,7 +466,7 @@ class KNNFamily(ClassicalModel):
     @classmethod
     def _check_params(cls, p: dict[str, Any]) -> dict[str, Any]:
         out = dict(p)
-        out["n_neighbors"] = _check_int(cls.name, "n_neighbors", p["n_neighbors"], 1)
+        out["n_neighbors"] = check_int(cls.name, "n_neighbors", p["n_neighbors"], allow_numpy=True)
         if p["weights"] not in ("uniform", "distance"):
             raise ValueError(
                 f"{_where(cls.name, 'weights')} must be one of ['distance', 'uniform'], got {p['weights']!r}."
@@ -630,7 +562,7 @@ class MICEFamily(ClassicalModel):
 
     @classmethod
     def _check_params(cls, p: dict[str, Any]) -> dict[str, Any]:
-        return {"max_iter": _check_int(cls.name, "max_iter", p["max_iter"], 1)}
+        return {"max_iter": check_int(cls.name, "max_iter", p["max_iter"], allow_numpy=True)}
 
     def _build_estimator(self, *, sample_posterior: bool = False, random_state: int | None = None) -> Any:
         from sklearn.linear_model import BayesianRidge
@@ -697,10 +629,10 @@ class MissForestFamily(ClassicalModel):
     @classmethod
     def _check_params(cls, p: dict[str, Any]) -> dict[str, Any]:
         out = dict(p)
-        out["n_estimators"] = _check_int(cls.name, "n_estimators", p["n_estimators"], 1)
-        out["max_iter"] = _check_int(cls.name, "max_iter", p["max_iter"], 1)
+        out["n_estimators"] = check_int(cls.name, "n_estimators", p["n_estimators"], allow_numpy=True)
+        out["max_iter"] = check_int(cls.name, "max_iter", p["max_iter"], allow_numpy=True)
         if p["max_depth"] is not None:
-            out["max_depth"] = _check_int(cls.name, "max_depth", p["max_depth"], 1)
+            out["max_depth"] = check_int(cls.name, "max_depth", p["max_depth"], allow_numpy=True)
         mf = p["max_features"]
         ok = mf in ("sqrt", "log2") or (
             not isinstance(mf, bool) and isinstance(mf, (int, float)) and 0.0 < float(mf) <= 1.0

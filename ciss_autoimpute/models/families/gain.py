@@ -9,7 +9,6 @@ observed cells; the two networks are updated by two optimisers, declared through
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import torch
@@ -21,21 +20,9 @@ from ..base import ImputationModel, LossOutput, UpdateStep
 from ..layers import ACTIVATIONS, MLP, ClusterLinear
 from ..likelihoods import MixedLikelihood
 from ..registry import register_model
-from ._common import LatentModel, check_choice, check_dims, check_float, default_generator, keep_observed
-from .vae import _check_n
+from ._common import check_choice, check_dims, check_float, check_n, default_generator, keep_observed
 
 __all__ = ["GAIN"]
-
-
-def check_init(layout: Any, n_clusters: Any, seed: Any) -> tuple[int, int]:
-    """Constructor checks shared by the non-latent families (GAIN, MIDA): ``(n_clusters, seed)``."""
-    if not isinstance(layout, FeatureLayout):
-        raise TypeError(f"layout must be a FeatureLayout, got {type(layout).__name__}.")
-    if isinstance(n_clusters, bool) or not isinstance(n_clusters, numbers.Integral) or n_clusters < 1:
-        raise ValueError(f"n_clusters must be a positive integer, got {n_clusters!r}.")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be an integer, got {seed!r}.")
-    return int(n_clusters), int(seed)
 
 
 def unit_mask(likelihood: MixedLikelihood, mask: torch.Tensor) -> torch.Tensor:
@@ -73,29 +60,8 @@ def reconstruction_error(
     return out
 
 
-class _FeedForwardModel(ImputationModel):
-    """What GAIN and MIDA share: constructor checks, the batch check and a single
-    :class:`MixedLikelihood` head (numeric head chosen by the subclass)."""
-
-    # The latent families' batch check reads only ``layout`` and ``n_clusters``.
-    check_batch = LatentModel.check_batch
-
-    def _setup(self, layout: FeatureLayout, n_clusters: Any, seed: Any, params: dict[str, Any]) -> int:
-        n_clusters, seed = check_init(layout, n_clusters, seed)
-        self.params = self._check_params(self.resolve_params(params))
-        self.layout = layout
-        self.n_clusters = n_clusters
-        self.seed = seed
-        return seed
-
-    @classmethod
-    def _check_params(cls, p: dict[str, Any]) -> dict[str, Any]:
-        """Validate and normalise the resolved parameters (each family overrides this)."""
-        return dict(p)
-
-
 @register_model
-class GAIN(_FeedForwardModel):
+class GAIN(ImputationModel):
     """Generative adversarial imputation nets with the hint mechanism.
 
     * **Generator** ``G``: reads the row with its missing cells set to the current
@@ -178,7 +144,7 @@ class GAIN(_FeedForwardModel):
 
     def __init__(self, layout: FeatureLayout, n_clusters: int = 1, *, seed: int = 0, **params: Any) -> None:
         super().__init__()
-        seed = self._setup(layout, n_clusters, seed, params)
+        self._setup(layout, n_clusters, seed, params)
         p = self.params
         d = layout.n_features
         # Fixed unit variance: the numeric output is a plain mean, read by the squared error.
@@ -190,7 +156,7 @@ class GAIN(_FeedForwardModel):
         self.generator_out = ClusterLinear(widths[-1], self.likelihood.n_params)
         self.discriminator_net = MLP(d + n_units, widths, activation=act)
         self.discriminator_out = ClusterLinear(widths[-1], n_units)
-        self.reset_parameters(seed)
+        self.reset_parameters(self.seed)
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
@@ -274,6 +240,31 @@ class GAIN(_FeedForwardModel):
     def _noise(self, shape: torch.Size | tuple[int, ...], like: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         return torch.randn(shape, generator=g, device=like.device, dtype=like.dtype)
 
+    def _adversarial_pass(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        clusters: torch.Tensor,
+        generator: torch.Generator | None,
+        *,
+        train_generator: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What both losses compute: ``G`` completes the batch, ``D`` guesses with a hint.
+
+        Draws the input noise, then the hint, from ``generator`` (in that order, for
+        both losses). With ``train_generator`` false ``G`` runs without gradients.
+        Returns ``(raw, m_units, b, logits)``: ``G``'s raw output, the per-unit mask,
+        the reveal indicator and ``D``'s logits.
+        """
+        self.check_batch(x, mask, clusters)
+        g = default_generator(x.device, generator)
+        with torch.set_grad_enabled(train_generator and torch.is_grad_enabled()):
+            raw = self.generate(x, mask, self._noise(x.shape, x, g))
+            x_hat = self.complete(x, mask, raw)
+        m_units = unit_mask(self.likelihood, mask)
+        h, b = self.hint(m_units, g)
+        return raw, m_units, b, self.discriminate(x_hat, h)
+
     # ------------------------------------------------------------------ losses
     def discriminator_loss(
         self,
@@ -284,13 +275,7 @@ class GAIN(_FeedForwardModel):
         generator: torch.Generator | None = None,
     ) -> LossOutput:
         """Cross-entropy of ``D``'s guesses on the units whose mask was not revealed (``G`` fixed)."""
-        self.check_batch(x, mask, clusters)
-        g = default_generator(x.device, generator)
-        with torch.no_grad():
-            x_hat = self.complete(x, mask, self.generate(x, mask, self._noise(x.shape, x, g)))
-        m_units = unit_mask(self.likelihood, mask)
-        h, b = self.hint(m_units, g)
-        logits = self.discriminate(x_hat, h)
+        _, m_units, b, logits = self._adversarial_pass(x, mask, clusters, generator, train_generator=False)
         guess = ~b
         bce = F.binary_cross_entropy_with_logits(logits, m_units.to(logits.dtype), reduction="none")
         loss = (bce * guess).sum() / guess.sum().clamp_min(1)
@@ -308,13 +293,7 @@ class GAIN(_FeedForwardModel):
         generator: torch.Generator | None = None,
     ) -> LossOutput:
         """The generator's objective: adversarial term + ``alpha`` * reconstruction error."""
-        self.check_batch(x, mask, clusters)
-        g = default_generator(x.device, generator)
-        raw = self.generate(x, mask, self._noise(x.shape, x, g))
-        x_hat = self.complete(x, mask, raw)
-        m_units = unit_mask(self.likelihood, mask)
-        h, b = self.hint(m_units, g)
-        logits = self.discriminate(x_hat, h)
+        raw, m_units, b, logits = self._adversarial_pass(x, mask, clusters, generator, train_generator=True)
         # -log D on the filled units D had to guess: G wants them called "observed".
         target = ~m_units & ~b
         adv = (F.softplus(-logits) * target).sum() / target.sum().clamp_min(1)
@@ -356,7 +335,7 @@ class GAIN(_FeedForwardModel):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         self.check_batch(x, mask, clusters)
-        _check_n(n)
+        check_n(n)
         g = default_generator(x.device, generator)
         raw = self.generate(x, mask, self._noise((n, *x.shape), x, g))
         draws = self.likelihood.sample(raw, g, numeric_noise=False)

@@ -8,13 +8,11 @@ import torch
 
 from ...data.layout import FeatureLayout
 from ...tuning.params import Categorical, Float, Int, Param
-from ..base import LossOutput
+from ..base import ImputationModel, LossOutput
 from ..layers import ACTIVATIONS, MLP, ClusterLinear
 from ..likelihoods import MixedLikelihood
 from ..registry import register_model
-from ._common import check_choice, check_float, check_int, default_generator, keep_observed
-from .gain import _FeedForwardModel
-from .vae import _check_n
+from ._common import check_choice, check_float, check_int, check_n, default_generator, keep_observed
 
 __all__ = ["MIDA"]
 
@@ -23,7 +21,7 @@ MIDA_HEADS = ("gaussian_fixed", "gaussian")
 
 
 @register_model
-class MIDA(_FeedForwardModel):
+class MIDA(ImputationModel):
     """Overcomplete denoising autoencoder for imputation.
 
     The encoder has ``n_layers`` layers, each ``theta`` units wider than the one
@@ -90,7 +88,7 @@ class MIDA(_FeedForwardModel):
 
     def __init__(self, layout: FeatureLayout, n_clusters: int = 1, *, seed: int = 0, **params: Any) -> None:
         super().__init__()
-        seed = self._setup(layout, n_clusters, seed, params)
+        self._setup(layout, n_clusters, seed, params)
         p = self.params
         d = layout.n_features
         self.likelihood = MixedLikelihood(layout, p["likelihood"])
@@ -100,7 +98,7 @@ class MIDA(_FeedForwardModel):
         dec_widths = self.widths[-2::-1]
         self.decoder = MLP(self.widths[-1], dec_widths, activation=p["activation"])
         self.output = ClusterLinear(self.decoder.out_features, self.likelihood.n_params)
-        self.reset_parameters(seed)
+        self.reset_parameters(self.seed)
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
@@ -197,7 +195,7 @@ class MIDA(_FeedForwardModel):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         self.check_batch(x, mask, clusters)
-        _check_n(n)
+        check_n(n)
         g = default_generator(x.device, generator)
         raw = self.reconstruct(self.corrupt(x.expand(n, *x.shape), g))
         draws = self.likelihood.sample(raw, g, numeric_noise=self.params["likelihood"] != "gaussian_fixed")
