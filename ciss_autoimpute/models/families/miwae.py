@@ -15,8 +15,7 @@ from ..bounds import (
     standard_normal_log_prob,
 )
 from ..registry import register_model
-from ._common import LatentModel, check_int, common_space, default_generator, keep_observed
-from .vae import _check_n
+from ._common import LatentModel, check_int, check_n, common_space, default_generator, keep_observed
 
 __all__ = ["MIWAE"]
 
@@ -202,7 +201,7 @@ class MIWAE(LatentModel):
         observed: torch.Tensor | None = None,
     ) -> torch.Tensor:
         self.check_batch(x, mask, clusters)
-        _check_n(n)
+        check_n(n)
         g = default_generator(x.device, generator)
         k = self.params["n_impute_samples"]
         d = x.shape[1]

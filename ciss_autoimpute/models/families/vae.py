@@ -11,7 +11,15 @@ from ...tuning.params import Categorical, Float, Param
 from ..base import LossOutput
 from ..bounds import elbo_analytic, gaussian_kl
 from ..registry import register_model
-from ._common import LatentModel, check_float, common_space, default_generator, keep_observed, unsort_rows
+from ._common import (
+    LatentModel,
+    check_float,
+    check_n,
+    common_space,
+    default_generator,
+    keep_observed,
+    unsort_rows,
+)
 
 __all__ = ["VAE"]
 
@@ -141,7 +149,7 @@ class VAE(LatentModel):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         self.check_batch(x, mask, clusters)
-        _check_n(n)
+        check_n(n)
         g = default_generator(x.device, generator)
         xs, _, index, order = self.group_rows(x, mask, clusters)
         mu, logvar = self.encode(xs, index)
@@ -150,9 +158,3 @@ class VAE(LatentModel):
         raw = unsort_rows(self.decode(z, index), order)
         draws = self.likelihood.sample(raw, g, numeric_noise=self.params["likelihood"] != "gaussian_fixed")
         return keep_observed(x, mask, draws)
-
-
-def _check_n(n: Any) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n (number of imputations) must be a positive integer, got {n!r}.")
-    return n
