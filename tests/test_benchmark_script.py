@@ -106,6 +106,19 @@ def test_masks_for_each_mechanism(bench):
         bench.make_mask(prob, "bogus", 0.3, seed=0)
 
 
+def test_mnar_paper_is_the_not_miwae_protocol(bench):
+    # First half of the numeric columns: every above-mean value hidden; the rest complete.
+    prob = bench.gaussian_problem(n=300, p=6, seed=0)
+    X = prob.complete.to_numpy()
+    mask = bench.make_mask(prob, "mnar_paper", 0.3, seed=5)
+    expected = np.zeros_like(mask)
+    expected[:, :3] = X[:, :3] > X[:, :3].mean(axis=0)
+    np.testing.assert_array_equal(mask, expected)
+    assert np.array_equal(mask, bench.make_mask(prob, "mnar_paper", 0.5, seed=9))  # rate and seed do not apply
+    m = bench.methods_for(bench.Cell("concrete", "mnar_paper", 0.3, 0), ["mean", "ours_autotune_mnar"])
+    assert m == ["mean", "ours_autotune_mnar"]
+
+
 def test_holdout_mask_only_hides_observed_cells(bench):
     rng = np.random.default_rng(0)
     frame = pd.DataFrame(rng.normal(size=(200, 4)))
