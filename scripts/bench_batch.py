@@ -9,7 +9,7 @@ not cost accuracy: for each family it trains the same model (same seed, same dat
 * at ``"auto"`` for as many epochs as fit in the batch-256 run's time
   (``--epochs`` times the measured CPU-time ratio, rounded; CPU time because the
   machine may be shared),
-* with ``--scaled-lr``, at ``"auto"`` for ``--epochs`` epochs with the learning
+* with ``--runs ... scaled-lr``, at ``"auto"`` for ``--epochs`` epochs with the learning
   rate scaled by ``sqrt(batch / 256)`` (the usual square-root rule for Adam),
 
 and reports the validation score (RMSE of the held-out observed cells, on the
@@ -82,10 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--families", nargs="+", default=["vae", "miwae"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-same-time", action="store_true", help="skip the equal-wall-time 'auto' run")
-    parser.add_argument("--scaled-lr", action="store_true",
-                        help="add an 'auto' run (same epochs) with lr * sqrt(batch / 256)")
+    parser.add_argument("--runs", nargs="+", default=["256", "auto", "same-time"],
+                        choices=["256", "auto", "same-time", "scaled-lr"],
+                        help="runs per family (default 256 auto same-time; same-time needs 256 and auto; "
+                             "scaled-lr: 'auto' for --epochs epochs with lr * sqrt(batch / 256))")
     args = parser.parse_args(argv)
+    if "same-time" in args.runs and not {"256", "auto"} <= set(args.runs):
+        parser.error("--runs same-time needs the 256 and auto runs too")
     torch.set_num_threads(1)
 
     full, holed = make_data(args.rows, args.cols, args.seed)
@@ -116,15 +119,17 @@ def main(argv: list[str] | None = None) -> int:
     for family in args.families:
         # Warm-up fit (not shown): the first fit of a process pays one-time start-up costs.
         fit_once(family, ds, full_std, missing, 256, 1, args.seed)
-        small = fit_once(family, ds, full_std, missing, 256, args.epochs, args.seed)
-        show(small)
-        big = fit_once(family, ds, full_std, missing, "auto", args.epochs, args.seed)
-        show(big)
-        if not args.no_same_time:
+        if "256" in args.runs:
+            small = fit_once(family, ds, full_std, missing, 256, args.epochs, args.seed)
+            show(small)
+        if "auto" in args.runs:
+            big = fit_once(family, ds, full_std, missing, "auto", args.epochs, args.seed)
+            show(big)
+        if "same-time" in args.runs:
             # CPU time: the load-robust measure of the work done (one thread).
             matched = max(args.epochs, round(args.epochs * small["cpu_seconds"] / big["cpu_seconds"]))
             show(fit_once(family, ds, full_std, missing, "auto", matched, args.seed))
-        if args.scaled_lr:
+        if "scaled-lr" in args.runs:
             lr = TrainConfig().lr * math.sqrt(auto / 256)
             show(fit_once(family, ds, full_std, missing, "auto", args.epochs, args.seed, lr=lr))
     print(f"# load at end {os.getloadavg()}", flush=True)

@@ -70,7 +70,7 @@ def _quick() -> SearchSpace:
         "mida": {"n_layers": Int(1, 2)},
         # The classical baselines, kept cheap: few rounds, small forests.
         "knn": {"n_neighbors": Int(3, 15)},
-        "mice": {"max_iter": Int(3, 10)},
+        "mice": {"max_iter": Int(2, 6)},
         # MissForest costs about max_iter x columns forest fits; its default (5 rounds of
         # 50 full-depth trees) took 80 s on 2000 x 10 on a busy 2-core machine, so quick
         # keeps it to 2-4 rounds of 10-30 depth-limited trees on sqrt(d) features.

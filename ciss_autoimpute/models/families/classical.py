@@ -546,7 +546,12 @@ class MICEFamily(ClassicalModel):
     Parameters
     ----------
     **params
-        ``max_iter`` (rounds over all columns, default 10).
+        ``max_iter`` (rounds over all columns, default 3). Fewer rounds than
+        scikit-learn's 10 on purpose: with point predictions (no posterior draws) the
+        chained regressions feed on their own imputations and drift. Standardised RMSE,
+        MCAR 30 %, seed 0, rounds 3 / 5 / 10: Gaussian 1000 x 8 0.552 / 0.551 / 0.552
+        but holdout error 0.56 / 0.61 / 0.67 (so a study ranked MICE last of three
+        good methods); wine 0.83 / 0.89 / 0.90; concrete 0.776 / 0.776 / 0.777.
     """
 
     name = "mice"
@@ -554,11 +559,11 @@ class MICEFamily(ClassicalModel):
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
-        return {"max_iter": 10}
+        return {"max_iter": 3}
 
     @classmethod
     def search_space(cls) -> dict[str, Param]:
-        return {"max_iter": Int(3, 20)}
+        return {"max_iter": Int(2, 10)}
 
     @classmethod
     def _check_params(cls, p: dict[str, Any]) -> dict[str, Any]:
