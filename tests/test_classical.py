@@ -27,7 +27,7 @@ PARAMS = {
     "mean": {},
     "knn": {"n_neighbors": 7, "weights": "distance"},
     "mice": {"max_iter": 4},
-    "missforest": {"n_estimators": 10, "max_depth": 6, "max_iter": 2},
+    "missforest": {"n_estimators": 10, "max_depth": 6, "max_features": "sqrt", "max_iter": 2},
 }
 
 
@@ -45,7 +45,8 @@ def _sklearn_reference(family, X, lo, hi, seed=3):
     if family == "mice":
         est = BayesianRidge()
     else:
-        est = RandomForestRegressor(n_estimators=p["n_estimators"], max_depth=p["max_depth"], random_state=seed)
+        est = RandomForestRegressor(n_estimators=p["n_estimators"], max_depth=p["max_depth"],
+                                    max_features=p["max_features"], random_state=seed)
     return IterativeImputer(
         estimator=est, max_iter=p["max_iter"], random_state=seed, min_value=lo, max_value=hi
     ).fit_transform(X)
@@ -258,8 +259,8 @@ def test_presets_hold_the_classical_families_with_small_spaces():
     config = SearchSpace(["mice"], clustering={"n_clusters": (1, 3)}).sample(optuna.trial.FixedTrial({"mice.max_iter": 4}))
     assert config.model_params == {"max_iter": 4} and config.train_params == {} and config.clustering_params == {}
     assert warm_start_params(default)["missforest"] == {
-        "model": "missforest", "missforest.max_depth": None, "missforest.max_features": 1.0,
-        "missforest.max_iter": 5, "missforest.n_estimators": 50,
+        "model": "missforest", "missforest.max_depth": None, "missforest.max_features": "sqrt",
+        "missforest.max_iter": 5, "missforest.n_estimators": 100,
     }
     with pytest.raises(ValueError, match="'vae' is a trained family"):
         warm_start_params(default, families=["vae"])
