@@ -29,15 +29,6 @@ SHORT = TrainConfig(epochs=6, lr=5e-3, batch_size=64)
 NO_REFIT = RefitConfig(max_loops=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny networks gain nothing from intra-op threads on a shared 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _weights(params):
     return [p.detach().clone() for p in params]
 
