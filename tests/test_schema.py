@@ -316,3 +316,26 @@ def test_nothing_modifies_the_callers_frame(mixed_frame):
     out.iloc[0, 0] = 1e9
     pd.testing.assert_frame_equal(mixed_frame, before)
     pd.testing.assert_frame_equal(frame, before)
+
+
+def test_decoded_numeric_imputations_stay_within_a_widened_observed_range():
+    df = pd.DataFrame({"a": [0.0, 1.0, 2.0, 4.0, np.nan, np.nan, np.nan], "b": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]})
+    schema = Schema.fit(df)
+    spec = schema.specs[0]
+    assert (spec.low, spec.high) == (0.0, 4.0)
+    enc, _ = schema.encode(df)
+    enc = np.array(enc, dtype=np.float64)
+    # Three imputations on the standardised scale: plausible, far above, far below.
+    enc[4:7, 0] = [(5.0 - spec.mean) / spec.std, 100.0, -100.0]
+    out = schema.decode(enc, df)
+    # Room beyond the observed values (the range's own width on each side), no further.
+    assert out["a"].tolist()[:4] == [0.0, 1.0, 2.0, 4.0]
+    assert out["a"].iloc[4] == pytest.approx(5.0)
+    assert out["a"].iloc[5] == pytest.approx(8.0) and out["a"].iloc[6] == pytest.approx(-4.0)
+    # Saved and loaded with the bound; a description saved before bounds existed has none.
+    d = json.loads(json.dumps(schema.to_dict()))
+    assert Schema.from_dict(d).specs[0].high == 4.0
+    for c in d["columns"]:
+        c.pop("low"), c.pop("high")
+    old = Schema.from_dict(d)
+    assert old.specs[0].low is None and old.decode(enc, df)["a"].iloc[5] > 100

@@ -157,6 +157,13 @@ class ColumnSpec:
     mean, std
         Numeric: the standardisation (mean and population standard deviation of the
         observed cells). ``0.0`` and ``1.0`` otherwise.
+    low, high
+        Numeric: the smallest and largest observed value (``None`` otherwise, and in
+        schemas saved before they were recorded). Decoded imputations are kept within
+        ``[low - w, high + w]``, ``w = high - low``: room for values beyond the observed
+        ones (data missing *because* they are extreme), but not for a model that has
+        drifted (a not-MIWAE with a saturated missing process once imputed values 10
+        standard deviations out).
     """
 
     name: Hashable
@@ -167,6 +174,8 @@ class ColumnSpec:
     levels: tuple[Any, ...] = ()
     mean: float = 0.0
     std: float = 1.0
+    low: float | None = None
+    high: float | None = None
 
     @property
     def width(self) -> int:
@@ -491,6 +500,8 @@ class Schema:
                     "level_types": [t for _, t in levels],
                     "mean": spec.mean,
                     "std": spec.std,
+                    "low": spec.low,
+                    "high": spec.high,
                 }
             )
         return {
@@ -534,6 +545,8 @@ class Schema:
                     levels=tuple(_untyped(v, t) for v, t in zip(c["levels"], c["level_types"], strict=True)),
                     mean=float(c["mean"]),
                     std=float(c["std"]),
+                    low=None if c.get("low") is None else float(c["low"]),
+                    high=None if c.get("high") is None else float(c["high"]),
                 )
                 if spec.start != expected_start or spec.stop <= spec.start:
                     raise ValueError(f"column {spec.name!r} has inconsistent encoded range")
@@ -603,7 +616,7 @@ def _fit_column(
                 f"column {name!r} has (numerically) zero spread (std={std!r}); drop it."
             )
         return ColumnSpec(name=name, kind="numeric", dtype=series.dtype, start=start, stop=start + 1,
-                          mean=mean, std=std)
+                          mean=mean, std=std, low=float(x.min()), high=float(x.max()))
 
     levels = _observed_levels(name, series, observed)
     if kind == "binary":
@@ -675,6 +688,11 @@ def _decoded_values(spec: ColumnSpec, block: np.ndarray, dtype: Any) -> Any:
     """Values for the missing cells of one column, as an array of the column's dtype."""
     if spec.kind == "numeric":
         x = block[:, 0] * spec.std + spec.mean
+        if spec.low is not None and spec.high is not None:
+            # A plausibility bound, not a range check: the observed range widened by its
+            # own width on each side (see ColumnSpec).
+            width = spec.high - spec.low
+            x = np.clip(x, spec.low - width, spec.high + width)
         if _is_int_dtype(dtype):
             np_dtype = _numpy_dtype(dtype)
             info = np.iinfo(np_dtype)
