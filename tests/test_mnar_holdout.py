@@ -8,8 +8,9 @@ models of the missingness, both while training and when it imputes the holdout.
 from __future__ import annotations
 
 import torch
+from test_conformance import _encoded
 
-from ciss_autoimpute.data.layout import EncodedData, FeatureLayout
+from ciss_autoimpute.data.layout import FeatureLayout
 from ciss_autoimpute.models.registry import build_model
 from ciss_autoimpute.training import RefitConfig, TrainConfig, Trainer, impute_all
 
@@ -21,12 +22,7 @@ def _self_masked(n=240, d=4, seed=0):
     observed = torch.ones(n, d, dtype=torch.bool)
     observed[:, :2] = full[:, :2] <= 0.3
     val = observed & (torch.rand(n, d, generator=g) < 0.15)
-    train = observed & ~val
-    return EncodedData(
-        x=torch.where(train, full, torch.zeros(())), observed=observed, train_mask=train, val_mask=val,
-        x_val=torch.where(val, full, torch.zeros(())), clusters=torch.zeros(n, dtype=torch.long),
-        n_clusters=1, layout=FeatureLayout.all_numeric(d),
-    )
+    return _encoded(full, observed, val, FeatureLayout.all_numeric(d), n_clusters=1)
 
 
 def _model(d=4):

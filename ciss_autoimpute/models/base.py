@@ -61,8 +61,9 @@ class UpdateStep:
         The parameters this step's optimiser updates; no parameter may appear in two
         steps.
     loss
-        Called as ``loss(x, mask, clusters, generator=generator)`` on the batch and
-        returning a :class:`LossOutput`; only the gradients of ``parameters`` are used.
+        Called as ``loss(x, mask, clusters, generator=generator)`` on the batch (plus
+        ``observed=`` for models of the missingness) and returning a
+        :class:`LossOutput`; only the gradients of ``parameters`` are used.
     """
 
     name: str

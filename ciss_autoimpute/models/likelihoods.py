@@ -432,6 +432,15 @@ class MixedLikelihood(nn.Module):
             return values
         return values.index_copy(-1, idx, values.index_select(-1, idx).clamp(0.0, 1.0))
 
+    @property
+    def learns_scale(self) -> bool:
+        """False for ``"gaussian_fixed"``, whose unit variance is a loss weight, not a noise scale.
+
+        Families draw numeric cells with noise only when this is true
+        (``sample(..., numeric_noise=likelihood.learns_scale)``).
+        """
+        return self.numeric != "gaussian_fixed"
+
     def sample(
         self,
         raw: torch.Tensor,

@@ -77,7 +77,10 @@ def _fused_adam_supported(params: Sequence[torch.Tensor]) -> bool:
 
 
 def _checked_steps(model: ImputationModel) -> list[UpdateStep]:
-    """``model.update_steps()`` checked: named, non-empty, disjoint groups of the model's parameters."""
+    """``model.update_steps()`` checked: named, non-empty, disjoint groups of the model's parameters.
+
+    Returned with each step's parameters as a list, so they can be read every batch.
+    """
     steps = model.update_steps()
     label = type(model).__name__
     if not isinstance(steps, (list, tuple)) or not steps or not all(isinstance(s, UpdateStep) for s in steps):
@@ -85,6 +88,7 @@ def _checked_steps(model: ImputationModel) -> list[UpdateStep]:
     owned = {id(p) for p in model.parameters()}
     seen: dict[int, str] = {}
     names: set[str] = set()
+    checked: list[UpdateStep] = []
     for step in steps:
         if not isinstance(step.name, str) or not step.name or step.name in names:
             raise ValueError(
@@ -109,7 +113,8 @@ def _checked_steps(model: ImputationModel) -> list[UpdateStep]:
                     "give each parameter to one step."
                 )
             seen[id(p)] = step.name
-    return list(steps)
+        checked.append(UpdateStep(step.name, params, step.loss))
+    return checked
 
 
 def impute_all(
@@ -351,7 +356,6 @@ class Trainer:
         self.schedulers: dict[str, torch.optim.lr_scheduler.ExponentialLR] = {}
         self._steps: list[UpdateStep] = []
         self.generator: torch.Generator | None = None
-        self._params: list[nn.Parameter] = []
         self.history = History()
         self._reset_run_state()
 
@@ -590,15 +594,13 @@ class Trainer:
         _LOGGER.debug("batch size %d (TrainConfig.batch_size=%r, %d rows)", self.batch_size, tc.batch_size, data.n_rows)
         if not getattr(model, "trainable", True):
             return self._fit_closed_form(model, data, t0)
-        self._params = [p for p in model.parameters() if p.requires_grad]
-        if not self._params:
+        if not any(p.requires_grad for p in model.parameters()):
             raise ValueError(f"{type(model).__name__} has no trainable parameters; nothing to train.")
         self._steps = _checked_steps(model)
         # Created once per run, one per update step; the refit phase only edits lr / gamma in place.
         self.optimizers = {
             step.name: torch.optim.Adam(
-                list(step.parameters), lr=tc.lr, weight_decay=tc.weight_decay,
-                fused=_fused_adam_supported(list(step.parameters)),
+                step.parameters, lr=tc.lr, weight_decay=tc.weight_decay, fused=_fused_adam_supported(step.parameters)
             )
             for step in self._steps
         }
@@ -698,7 +700,7 @@ class Trainer:
         """
         self.optimizer, self.scheduler, self.optimizers, self.schedulers = None, None, {}, {}
         self.batch_size = None  # no optimisation steps: the imputation pass uses its own chunks
-        self._steps, self._params = [], []
+        self._steps = []
         self._notify("on_fit_start", data)
         loop_start = time.perf_counter()
         model.fit(data.x, data.train_mask, data.clusters, generator=self.generator)

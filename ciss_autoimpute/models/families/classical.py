@@ -262,8 +262,7 @@ class ClassicalModel(ImputationModel):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         self.check_batch(x, mask, clusters)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}.")
+        default_generator(x.device, generator)  # checks its type; the imputation draws nothing
         if x.shape[0] == 0:
             return x.new_empty(x.shape)
         out = self._impute_matrix(_holed(x, mask))

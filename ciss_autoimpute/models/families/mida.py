@@ -198,5 +198,5 @@ class MIDA(ImputationModel):
         check_n(n)
         g = default_generator(x.device, generator)
         raw = self.reconstruct(self.corrupt(x.expand(n, *x.shape), g))
-        draws = self.likelihood.sample(raw, g, numeric_noise=self.params["likelihood"] != "gaussian_fixed")
+        draws = self.likelihood.sample(raw, g, numeric_noise=self.likelihood.learns_scale)
         return keep_observed(x, mask, draws)

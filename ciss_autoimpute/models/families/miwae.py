@@ -128,9 +128,7 @@ class MIWAE(LatentModel):
 
     def _draws(self, s: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
         """Per-sample draws resampled by :meth:`sample_imputations` ``[K, n, d]``."""
-        return self.likelihood.sample(
-            s["raw"], generator, numeric_noise=self.params["likelihood"] != "gaussian_fixed"
-        )
+        return self.likelihood.sample(s["raw"], generator, numeric_noise=self.likelihood.learns_scale)
 
     @staticmethod
     def _check_observed(observed: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor | None:

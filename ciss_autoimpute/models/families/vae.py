@@ -156,5 +156,5 @@ class VAE(LatentModel):
         z = self.reparameterise(mu, logvar, g, n_samples=n, order=order)
         # Back to the caller's row order before drawing, so each row gets its own noise.
         raw = unsort_rows(self.decode(z, index), order)
-        draws = self.likelihood.sample(raw, g, numeric_noise=self.params["likelihood"] != "gaussian_fixed")
+        draws = self.likelihood.sample(raw, g, numeric_noise=self.likelihood.learns_scale)
         return keep_observed(x, mask, draws)
