@@ -26,6 +26,7 @@ _EXPORTS = {
     "autotune": "ciss_autoimpute.tuning",
     "TuneResult": "ciss_autoimpute.tuning",
     "Imputer": "ciss_autoimpute.imputer",
+    "EnsembleImputer": "ciss_autoimpute.ensemble",
     "run_imputation": "ciss_autoimpute.api",
     "ImputationResult": "ciss_autoimpute.api",
     "pool": "ciss_autoimpute.pooling",

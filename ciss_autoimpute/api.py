@@ -29,11 +29,14 @@ class ImputationResult:
     imputed
         The completed data: same index, columns and dtypes; observed cells untouched.
     imputer
-        The fitted :class:`~ciss_autoimpute.Imputer` (``imputer.transform(new_rows)``).
+        The fitted :class:`~ciss_autoimpute.Imputer` (``imputer.transform(new_rows)``),
+        or an :class:`~ciss_autoimpute.ensemble.EnsembleImputer` of several trials.
     model
-        The family that was fitted (``"cissvae"``, ...).
+        The family that was fitted (``"cissvae"``, ...), or ``"ensemble"``.
     validation_error
-        Holdout error of the kept model (lower is better); ``nan`` when nothing was missing.
+        Holdout error of the kept model (lower is better); ``nan`` when nothing was
+        missing. For an ensemble, the error of its weighted average, on the holdout
+        its weights were chosen on (so slightly optimistic).
     study
         The Optuna study behind ``model="auto"``, else ``None``.
     history
@@ -75,9 +78,12 @@ def run_imputation(
     data
         DataFrame, numpy array or torch tensor; NaN, None and ``pd.NA`` mean missing.
     model
-        ``"auto"`` runs a small, time-bounded search over the ``quick`` preset: every
-        built-in family, the classical baselines (``mean``, ``knn``, ``mice``,
-        ``missforest``) evaluated first; a family name (see
+        ``"auto"`` runs a small, time-bounded search over the ``quick`` preset (every
+        built-in family for ignorable missingness, the classical baselines ``mean``,
+        ``knn``, ``mice`` and ``missforest`` evaluated first) and returns the best trial,
+        or the weighted average of several trials when that beats it on the holdout
+        (an :class:`~ciss_autoimpute.ensemble.EnsembleImputer`; ``model`` of the result
+        is then ``"ensemble"``). A family name (see
         :func:`~ciss_autoimpute.available_models`) fits that family once with its
         defaults and ``model_params``.
     seed
@@ -175,7 +181,7 @@ def run_imputation(
             imputed=_like_input(data, tuned.imputed),
             imputer=imputer,
             model=imputer.model,
-            validation_error=float(tuned.best_value),
+            validation_error=float(tuned.ensemble_value if tuned.ensemble_value is not None else tuned.best_value),
             study=tuned.study,
             history=tuned.history,
         )

@@ -78,6 +78,7 @@ def _checked(convert, ok, expected: str):
 
 
 _positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
+_nonnegative_int = _checked(int, lambda v: v >= 0, "a non-negative integer")
 _seed = _checked(int, lambda v: v >= 0, "a non-negative integer seed")
 _positive_float = _checked(float, lambda v: 0 < v < float("inf"), "a positive number of seconds")
 _proportion = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
@@ -442,10 +443,17 @@ def _tune_summary(tuned: Any) -> str:
     }
     states = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
     best = tuned.study.best_trial
-    return (
+    text = (
         f"study {tuned.study.study_name!r}: {len(trials)} trials ({states}); best trial #{best.number} "
         f"({best.user_attrs.get('model', '?')}) validation error {tuned.best_value:.4g}"
     )
+    if getattr(tuned, "ensemble_weights", None):
+        mix = ", ".join(
+            f"#{num} {m.model} {w:.2f}"
+            for num, w, m in zip(tuned.imputer.trial_numbers_, tuned.imputer.weights_, tuned.imputer.members_)
+        )
+        text += f"; ensemble ({mix}) validation error {tuned.ensemble_value:.4g}"
+    return text
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
@@ -486,6 +494,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             seed=args.seed,
             show_progress=not _quiet(args),
             trial_callbacks=[progress],
+            ensemble=args.ensemble,
         )
     finally:
         progress.close()
@@ -769,9 +778,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sqlite:///file.db, a .db or journal file, or a database URL (default: in memory)")
     p.add_argument("--study", metavar="NAME",
                    help="study name; an existing study is resumed (default: the input file's name)")
-    p.add_argument("-o", "--output", metavar="OUTPUT", help="write the best trial's completed table here")
+    p.add_argument("--ensemble", type=_nonnegative_int, default=8, metavar="K",
+                   help="average up to K of the best trials when a weighted mix beats the best one on the "
+                        "holdout (greedy ensemble selection); 0 keeps the best trial alone (default 8)")
+    p.add_argument("-o", "--output", metavar="OUTPUT",
+                   help="write the completed table here (the ensemble's, or the best trial's)")
     p.add_argument("--report", metavar="DIR", help="write PNG figures and index.md about the study here")
-    p.add_argument("--save-model", metavar="PATH", help="save the best trial's fitted imputer")
+    p.add_argument("--save-model", metavar="PATH",
+                   help="save the fitted imputer (the ensemble, or the best trial's; load with Imputer.load)")
     _add_data_options(p)
     p.set_defaults(func=_cmd_tune)
 

@@ -8,6 +8,7 @@ import io
 import json
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 _FORMAT = "ciss_autoimpute.imputer"
 _FORMAT_VERSION = 1
+#: ``format`` tag of a saved :class:`~ciss_autoimpute.ensemble.EnsembleImputer`.
+ENSEMBLE_FORMAT = "ciss_autoimpute.ensemble"
 
 
 def _checksum(config_json: str, state: Mapping[str, torch.Tensor]) -> str:
@@ -181,8 +184,16 @@ class Imputer(TransformerMixin, BaseEstimator):
         )
         return self.fit_dataset(ds, callbacks=callbacks)
 
-    def fit_dataset(self, dataset: Any, *, callbacks: Sequence[Any] = ()) -> "Imputer":
-        """Fit on an existing :class:`~ciss_autoimpute.ClusterDataset` (its clusters and holdout)."""
+    def fit_dataset(
+        self, dataset: Any, *, callbacks: Sequence[Any] = (), keep_predictions: bool = False
+    ) -> "Imputer":
+        """Fit on an existing :class:`~ciss_autoimpute.ClusterDataset` (its clusters and holdout).
+
+        ``keep_predictions=True`` also keeps, as ``predictions_``, the encoded
+        imputations the holdout was scored on and those of the missing cells (what
+        :func:`~ciss_autoimpute.ensemble.select_ensemble` weighs); off by default, since
+        it holds a copy of the data.
+        """
         from .models.registry import build_model
         from .training import Trainer, configs_from_dict
 
@@ -196,6 +207,8 @@ class Imputer(TransformerMixin, BaseEstimator):
         )
         result = trainer.fit(dataset.data)
         self._set_fitted(dataset, result.model, result.imputed, result)
+        if keep_predictions:
+            self.predictions_ = FitPredictions.from_result(result, dataset.data)
         return self
 
     def _set_fitted(self, dataset: Any, model: Any, imputed: torch.Tensor, result: Any) -> None:
@@ -245,25 +258,21 @@ class Imputer(TransformerMixin, BaseEstimator):
         given, using the labels seen in ``fit``). Observed cells come back unchanged.
         The result has the type of ``X`` (DataFrame, ndarray or tensor).
         """
-        from .data.checks import check_same_columns, to_frame
-        from .training import impute_all
-
         self._check_fitted()
-        frame = to_frame(X, argument="X")
-        if isinstance(X, pd.DataFrame):
-            check_same_columns(frame, self.columns_)
-        elif frame.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"X has {frame.shape[1]} features, but Imputer is expecting {self.n_features_in_} features "
-                "as input; pass the same columns in the same order as in fit."
-            )
-        else:
-            frame.columns = self.columns_
-        if len(frame) == 0:
-            raise ValueError("X has no rows; pass at least one row to transform.")
+        frame = _checked_frame(X, self.columns_, self.n_features_in_, "Imputer")
         values, observed = self.schema_.encode(frame)
         if not (~observed).any():
             return _like_input(X, frame.copy())
+        x = self._impute_encoded(frame, values, observed, clusters)
+        out = self.schema_.decode(x.cpu().numpy(), frame)
+        return _like_input(X, out)
+
+    def _impute_encoded(
+        self, frame: pd.DataFrame, values: np.ndarray, observed: np.ndarray, clusters: Any
+    ) -> torch.Tensor:
+        """Encoded imputations of ``frame`` (``values``/``observed`` from ``schema_.encode``)."""
+        from .training import impute_all
+
         labels = self._assign(frame, clusters)
         dev = _model_device(self.model_)
         vals = torch.from_numpy(np.nan_to_num(values, nan=0.0)).to(dev)
@@ -275,8 +284,7 @@ class Imputer(TransformerMixin, BaseEstimator):
         rounds = int(self.transform_iterations) if getattr(self.model_, "trainable", True) else 1
         for _ in range(rounds):
             x = impute_all(self.model_, x, obs, lab, generator=gen)
-        out = self.schema_.decode(x.cpu().numpy(), frame)
-        return _like_input(X, out)
+        return x
 
     def _assign(self, frame: pd.DataFrame, clusters: Any) -> np.ndarray:
         n = len(frame)
@@ -482,27 +490,7 @@ class Imputer(TransformerMixin, BaseEstimator):
             ``level`` outside ``(0, 1)``, ``n < 2``, or no numeric column.
         """
         self._check_fitted()
-        if isinstance(level, bool) or not isinstance(level, (int, float, np.floating)) or not 0.0 < float(level) < 1.0:
-            raise ValueError(f"level must be a number strictly between 0 and 1 (e.g. 0.9), got {level!r}.")
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
-            raise ValueError(f"n must be an integer >= 2 (draws per cell; e.g. 100), got {n!r}.")
-        numeric = [spec.name for spec in self.schema_.specs if spec.kind == "numeric"]
-        if not numeric:
-            raise ValueError(
-                "intervals() covers numeric columns and the fitted data has none; use sample() and "
-                "tabulate the imputed categories instead."
-            )
-        draws = self.sample(X, n=int(n), method=method, seed=seed, **sampler_options)
-        lo_q, hi_q = (1.0 - float(level)) / 2.0, (1.0 + float(level)) / 2.0
-        blocks = {}
-        for name in numeric:
-            stacked = np.stack([d[name].to_numpy(dtype=np.float64, na_value=np.nan) for d in draws])
-            # Observed cells are identical in every copy, so their quantiles are the value itself.
-            blocks[(name, "lower")] = np.quantile(stacked, lo_q, axis=0)
-            blocks[(name, "upper")] = np.quantile(stacked, hi_q, axis=0)
-        out = pd.DataFrame(blocks, index=draws[0].index)
-        out.columns = pd.MultiIndex.from_tuples(list(blocks), names=["column", "bound"])
-        return out
+        return draw_intervals(self, X, level, n=n, method=method, seed=seed, **sampler_options)
 
     # ------------------------------------------------------------------ persistence
     def _config(self) -> dict[str, Any]:
@@ -525,9 +513,14 @@ class Imputer(TransformerMixin, BaseEstimator):
         """
         self._check_fitted()
         path = Path(path)
+        torch.save(self._payload(), path)
+        return path
+
+    def _payload(self) -> dict[str, Any]:
+        """What :meth:`save` writes: format tags, JSON config, weights and their checksum."""
         config_json = json.dumps(self._config(), sort_keys=True)
         state = {k: v.detach().cpu().clone() for k, v in self.model_.state_dict().items()}
-        payload = {
+        return {
             "format": _FORMAT,
             "format_version": _FORMAT_VERSION,
             "package_version": __version__,
@@ -535,12 +528,15 @@ class Imputer(TransformerMixin, BaseEstimator):
             "state_dict": state,
             "checksum": _checksum(config_json, state),
         }
-        torch.save(payload, path)
-        return path
 
     @classmethod
-    def load(cls, path: str | Path, *, device: str | None = None) -> "Imputer":
+    def load(cls, path: str | Path, *, device: str | None = None) -> Any:
         """Read an imputer written by :meth:`save`.
+
+        A file written by :meth:`EnsembleImputer.save <ciss_autoimpute.ensemble.EnsembleImputer.save>`
+        (``autotune``'s ensemble of trials) comes back as that
+        :class:`~ciss_autoimpute.ensemble.EnsembleImputer`, which has the same
+        ``transform``, ``sample``, ``intervals`` and ``save``.
 
         Raises
         ------
@@ -548,12 +544,6 @@ class Imputer(TransformerMixin, BaseEstimator):
             The file is not an imputer file, comes from another format version, or its
             contents do not match their checksum (corrupted or tampered with).
         """
-        from .clustering import MissingnessAssigner
-        from .data.dataset import resolve_device
-        from .data.layout import FeatureLayout
-        from .data.schema import Schema
-        from .models.registry import build_model
-
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"No imputer file at {str(path)!r}.")
@@ -564,6 +554,21 @@ class Imputer(TransformerMixin, BaseEstimator):
                 f"{str(path)!r} is not a readable ciss_autoimpute imputer file ({type(exc).__name__}); "
                 "save one with Imputer.save()."
             ) from None
+        if isinstance(payload, dict) and payload.get("format") == ENSEMBLE_FORMAT:
+            from .ensemble import EnsembleImputer
+
+            return EnsembleImputer._from_payload(payload, path, device=device)
+        return cls._from_payload(payload, path, device=device)
+
+    @classmethod
+    def _from_payload(cls, payload: Any, path: Path, *, device: str | None = None) -> "Imputer":
+        """Rebuild a fitted imputer from what :meth:`_payload` made (checked here)."""
+        from .clustering import MissingnessAssigner
+        from .data.dataset import resolve_device
+        from .data.layout import FeatureLayout
+        from .data.schema import Schema
+        from .models.registry import build_model
+
         if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
             raise ModelFileError(f"{str(path)!r} is not a ciss_autoimpute imputer file; save one with Imputer.save().")
         if payload.get("format_version") != _FORMAT_VERSION:
@@ -643,3 +648,75 @@ def _like_input(X: Any, frame: pd.DataFrame) -> Any:
             return frame.to_numpy(dtype=np.float64 if X.dtype.kind in "iub" else X.dtype)
         return frame.to_numpy()
     return frame
+
+
+def _checked_frame(X: Any, columns: list, n_features: int, owner: str) -> pd.DataFrame:
+    """``X`` as a frame with the fitted columns, or a clear error (shared by the imputers)."""
+    from .data.checks import check_same_columns, to_frame
+
+    frame = to_frame(X, argument="X")
+    if isinstance(X, pd.DataFrame):
+        check_same_columns(frame, columns)
+    elif frame.shape[1] != n_features:
+        raise ValueError(
+            f"X has {frame.shape[1]} features, but {owner} is expecting {n_features} features "
+            "as input; pass the same columns in the same order as in fit."
+        )
+    else:
+        frame.columns = columns
+    if len(frame) == 0:
+        raise ValueError("X has no rows; pass at least one row to transform.")
+    return frame
+
+
+@dataclass(frozen=True)
+class FitPredictions:
+    """A fit's encoded predictions, kept for ensembles (``Imputer.fit_dataset(keep_predictions=True)``).
+
+    Attributes
+    ----------
+    holdout
+        float ``[n_val]``: the imputations the holdout was scored on, at the held-out
+        cells in row-major order (``imputed[val_mask]``).
+    missing
+        float ``[n_missing]``: the imputations kept for the missing cells, in row-major
+        order (``imputed[~observed]``).
+    """
+
+    holdout: torch.Tensor
+    missing: torch.Tensor
+
+    @classmethod
+    def from_result(cls, result: Any, data: Any) -> "FitPredictions":
+        scored = result.scored_imputed if result.scored_imputed is not None else result.imputed
+        return cls(
+            holdout=scored[data.val_mask].detach().clone(),
+            missing=result.imputed[~data.observed].detach().clone(),
+        )
+
+
+def draw_intervals(
+    imputer: Any, X: Any, level: float, *, n: int, method: str | None, seed: int, **sampler_options: Any
+) -> pd.DataFrame:
+    """Equal-tailed per-cell intervals from ``imputer.sample`` (see :meth:`Imputer.intervals`)."""
+    if isinstance(level, bool) or not isinstance(level, (int, float, np.floating)) or not 0.0 < float(level) < 1.0:
+        raise ValueError(f"level must be a number strictly between 0 and 1 (e.g. 0.9), got {level!r}.")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
+        raise ValueError(f"n must be an integer >= 2 (draws per cell; e.g. 100), got {n!r}.")
+    numeric = [spec.name for spec in imputer.schema_.specs if spec.kind == "numeric"]
+    if not numeric:
+        raise ValueError(
+            "intervals() covers numeric columns and the fitted data has none; use sample() and "
+            "tabulate the imputed categories instead."
+        )
+    draws = imputer.sample(X, n=int(n), method=method, seed=seed, **sampler_options)
+    lo_q, hi_q = (1.0 - float(level)) / 2.0, (1.0 + float(level)) / 2.0
+    blocks = {}
+    for name in numeric:
+        stacked = np.stack([d[name].to_numpy(dtype=np.float64, na_value=np.nan) for d in draws])
+        # Observed cells are identical in every copy, so their quantiles are the value itself.
+        blocks[(name, "lower")] = np.quantile(stacked, lo_q, axis=0)
+        blocks[(name, "upper")] = np.quantile(stacked, hi_q, axis=0)
+    out = pd.DataFrame(blocks, index=draws[0].index)
+    out.columns = pd.MultiIndex.from_tuples(list(blocks), names=["column", "bound"])
+    return out

@@ -492,6 +492,10 @@ def _ours_autotune(preset: str):
             "n_failed": states.count(optuna.trial.TrialState.FAIL),
             "best_val_by_family": per_family,
         }
+        if tuned.ensemble_weights:
+            fams = {t.number: t.user_attrs.get("model", "?") for t in tuned.study.trials}
+            info["ensemble"] = {str(k): [fams.get(k, "?"), round(w, 3)] for k, w in tuned.ensemble_weights.items()}
+            info["ensemble_val"] = tuned.ensemble_value
         return tuned.imputed, info
 
     return run

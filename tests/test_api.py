@@ -37,7 +37,8 @@ def test_auto_runs_a_small_search(numeric_frame):
     res = run_imputation(numeric_frame, n_trials=2, time_budget=60, device="cpu")
     assert res.study is not None and len(res.study.trials) == 2
     # The first trials of a study are the classical baselines (autotune's warm start).
-    assert res.model in available_models()
+    # The best trial, or a weighted mix of the two when that wins the holdout.
+    assert res.model in available_models() or (res.model == "ensemble" and len(res.imputer.members_) == 2)
     assert not res.imputed.isna().any().any()
     assert res.imputer.transform(numeric_frame.head(5)).shape == (5, 4)
 

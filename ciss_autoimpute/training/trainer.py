@@ -210,6 +210,12 @@ class TrainResult:
         Rows per optimisation step actually used: ``TrainConfig.batch_size``, or what
         ``"auto"`` resolved to for this data (:func:`resolve_batch_size`). ``None``
         for closed-form families, which take no steps.
+    scored_imputed
+        The imputations :attr:`best_score` was computed from (same shape as
+        :attr:`imputed`). For trained families it is :attr:`imputed` itself; for a
+        closed-form family it is the fit that never saw the holdout, while
+        :attr:`imputed` comes from the refit on every observed cell. Ensembles of
+        trials weigh their members on these held-out predictions.
     """
 
     model: ImputationModel
@@ -223,6 +229,7 @@ class TrainResult:
     seconds: float = 0.0
     stop_reason: str = ""
     batch_size: int | None = None
+    scored_imputed: torch.Tensor | None = None
 
     def epoch_frame(self):
         """:attr:`epoch_history` as a pandas DataFrame."""
@@ -684,6 +691,7 @@ class Trainer:
             seconds=time.perf_counter() - t0,
             stop_reason=stop_reason,
             batch_size=self.batch_size,
+            scored_imputed=best_imp,
         )
         self._notify("on_fit_end", result)
         return result
@@ -707,6 +715,7 @@ class Trainer:
         imp = self._impute(data, data.x)
         score = validation_score(imp, data, weights=self.metric_weights)
         self.best_score, self.best_loop = score, 0
+        scored = imp
         if bool(data.val_mask.any()):
             # Scored, refit on every observed cell: the holdout has done its job (an honest
             # score, comparable across trials), and a closed-form fit costs little, so the
@@ -728,6 +737,7 @@ class Trainer:
             n_epochs=0,
             seconds=time.perf_counter() - t0,
             stop_reason=self._stop_reason or "closed_form",
+            scored_imputed=scored,
         )
         self._notify("on_fit_end", result)
         return result

@@ -90,8 +90,8 @@ class TuneResult:
     Attributes
     ----------
     imputed
-        The data with missing cells filled by the best trial's model (same index,
-        columns and dtypes; observed cells untouched).
+        The data with missing cells filled by :attr:`imputer` (same index, columns and
+        dtypes; observed cells untouched).
     best_params
         The best trial's Optuna parameters.
     best_value
@@ -103,9 +103,18 @@ class TuneResult:
     trials
         ``study.trials_dataframe()`` with the recorded attributes.
     imputer
-        The fitted :class:`~ciss_autoimpute.Imputer` of the best trial (not retrained).
+        The fitted :class:`~ciss_autoimpute.Imputer` of the best trial (not retrained),
+        or, when ensemble selection found a better weighted average of several trials
+        (``ensemble=``), an :class:`~ciss_autoimpute.ensemble.EnsembleImputer` of them.
     history
         The best trial's training history (``{"epochs": [...], "loops": [...]}``).
+    ensemble_weights
+        ``{trial number: weight}`` of the ensemble, or ``{}`` when :attr:`imputer` is
+        the best trial alone.
+    ensemble_value
+        The ensemble's holdout error (``None`` without ensemble). The weights were
+        chosen on the same holdout, so it is slightly optimistic, unlike
+        :attr:`best_value`, which no choice was fitted to beyond picking the trial.
     """
 
     imputed: pd.DataFrame
@@ -116,6 +125,8 @@ class TuneResult:
     trials: pd.DataFrame
     imputer: Any
     history: dict[str, list] = field(default_factory=dict)
+    ensemble_weights: dict[int, float] = field(default_factory=dict)
+    ensemble_value: float | None = None
 
 
 class _Objective:
@@ -129,6 +140,7 @@ class _Objective:
         artifact_store: Any,
         extra_callbacks: Sequence[Any] = (),
         target: Any = None,
+        ensemble: int = 0,
     ) -> None:
         self.space = space
         self.dataset = dataset
@@ -141,6 +153,9 @@ class _Objective:
         self.best_value = math.inf
         self.best_number: int | None = None
         self.best_imputer: Any = None
+        # The best `ensemble` trials of this process: (value, number, imputer, reclustered).
+        self.ensemble = int(ensemble)
+        self.candidates: list[tuple[float, int, Any, bool]] = []
 
     def _dataset_for(self, clustering_params: dict[str, Any]) -> Any:
         if not clustering_params:
@@ -185,7 +200,7 @@ class _Objective:
             device=str(ds.device),
         )
         try:
-            imputer.fit_dataset(ds, callbacks=[pruning, *self.extra_callbacks])
+            imputer.fit_dataset(ds, callbacks=[pruning, *self.extra_callbacks], keep_predictions=self.ensemble > 1)
         except TrainingDivergedError as exc:
             trial.set_user_attr("fail_reason", f"diverged: {exc}")
             trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
@@ -211,11 +226,29 @@ class _Objective:
             trial.set_user_attr("fail_reason", f"non-finite validation error {value}")
             raise TrainingDivergedError(f"validation error is {value}")
         if value < self.best_value:
+            if self.best_imputer is not None and self.ensemble > 1:
+                # Only the best trial's completed frame is ever returned; drop the others'.
+                self.best_imputer.__dict__.pop("fit_imputed_", None)
             self.best_value = value
             self.best_number = trial.number
             self.best_imputer = imputer
             self._upload(trial, imputer)
+        elif self.ensemble > 1:
+            imputer.__dict__.pop("fit_imputed_", None)
+        self._keep_candidate(value, trial.number, imputer, bool(config.clustering_params))
         return value
+
+    def _keep_candidate(self, value: float, number: int, imputer: Any, reclustered: bool) -> None:
+        """Keep the best ``ensemble`` trials (with their predictions) for ensemble selection."""
+        if self.ensemble <= 1:
+            imputer.__dict__.pop("predictions_", None)
+            return
+        self.candidates.append((value, number, imputer, reclustered))
+        self.candidates.sort(key=lambda c: (c[0], c[1]))
+        for dropped in self.candidates[self.ensemble:]:
+            if dropped[2] is not self.best_imputer:
+                dropped[2].__dict__.pop("predictions_", None)
+        del self.candidates[self.ensemble:]
 
     @staticmethod
     def _note_retry(trial: Any) -> None:
@@ -481,6 +514,7 @@ def autotune(
     study_trials: int | None = None,
     data_path: str | os.PathLike | None = None,
     warm_start: bool = True,
+    ensemble: int = 8,
 ) -> TuneResult:
     """Tune the model family and its hyperparameters with Optuna.
 
@@ -550,6 +584,16 @@ def autotune(
         the study (a resumed study, another worker) are not queued again; see
         :func:`enqueue_warm_start`. The queued trials count towards ``n_trials``; with
         fewer trials than families, the cheapest families are queued (``mean`` first).
+    ensemble
+        How many of the best completed trials of this call may be averaged. Greedy
+        ensemble selection (:func:`~ciss_autoimpute.ensemble.select_ensemble`) weighs
+        them on the validation holdout; when a mix of two or more beats the best trial
+        there, :attr:`TuneResult.imputer` is an
+        :class:`~ciss_autoimpute.ensemble.EnsembleImputer` and :attr:`TuneResult.imputed`
+        its imputations. ``0`` or ``1`` keeps the best trial alone. Only trials run by
+        this call can join (their holdout imputations are kept in memory, one copy of
+        the held-out and missing cells per candidate); when the study's best trial ran
+        elsewhere (another worker, an earlier session), the best trial is returned alone.
 
     Returns
     -------
@@ -605,6 +649,10 @@ def autotune(
         raise TypeError(f"data_path must be a path or None, got {type(data_path).__name__}.")
     if not isinstance(warm_start, bool):
         raise TypeError(f"warm_start must be True or False, got {warm_start!r}.")
+    if isinstance(ensemble, bool) or not isinstance(ensemble, (int, np.integer)) or ensemble < 0:
+        raise ValueError(
+            f"ensemble must be a non-negative integer (trials that may be averaged; 0 turns it off), got {ensemble!r}."
+        )
 
     from .storage import mask_url, storage_url
     from .workers import (
@@ -658,7 +706,7 @@ def autotune(
         target = StudyTarget(study_trials, heartbeat_interval=heartbeat_interval_of(resolved), deadline=deadline)
     objective = _Objective(
         search_space, dataset, seed=seed, device=device, artifact_store=store, extra_callbacks=trial_callbacks,
-        target=target,
+        target=target, ensemble=int(ensemble),
     )
     if target is None or target.has_room(study):
         study.optimize(
@@ -682,6 +730,20 @@ def autotune(
         )
     best = study.best_trial
     imputer = _best_imputer(best, objective, store, dataset, search_space, seed)
+    history = getattr(imputer, "history_", {})
+    weights: dict[int, float] = {}
+    value: float | None = None
+    combined = _build_ensemble(objective, best, dataset)
+    if combined is not None:
+        imputer = combined
+        weights = dict(zip(combined.trial_numbers_, combined.weights_))
+        value = float(combined.best_score_)
+        study.set_user_attr(
+            "ensemble", {"weights": {str(k): round(v, 4) for k, v in weights.items()}, "value": value}
+        )
+        logger.info("Ensemble of trials %s: holdout error %.4g (best trial alone %.4g)", weights, value, best.value)
+    for cand in objective.candidates:
+        cand[2].__dict__.pop("predictions_", None)
     return TuneResult(
         imputed=imputer.fit_imputed_.copy() if hasattr(imputer, "fit_imputed_") else imputer.transform(dataset.frame),
         best_params=dict(best.params),
@@ -690,8 +752,37 @@ def autotune(
         study=study,
         trials=study.trials_dataframe(),
         imputer=imputer,
-        history=getattr(imputer, "history_", {}),
+        history=history,
+        ensemble_weights=weights,
+        ensemble_value=value,
     )
+
+
+def _build_ensemble(objective: _Objective, best: Any, dataset: Any) -> Any:
+    """An :class:`EnsembleImputer` of this call's best trials, or ``None`` when one trial is as good."""
+    from ..ensemble import EnsembleImputer, ensemble_imputed, select_ensemble
+
+    cands = objective.candidates
+    if objective.ensemble <= 1 or len(cands) < 2:
+        return None
+    if cands[0][1] != best.number:
+        logger.info(
+            "The study's best trial (%d) did not run in this call; returning it alone, without an ensemble.",
+            best.number,
+        )
+        return None
+    selection = select_ensemble([c[2].predictions_.holdout for c in cands], dataset.data)
+    chosen = selection.members
+    if len(chosen) < 2:
+        return None
+    members = [cands[i][2] for i in chosen]
+    weights = [selection.weights[i] for i in chosen]
+    combined = EnsembleImputer(
+        members, weights, own_clusters=[not cands[i][3] for i in chosen], trial_numbers=[cands[i][1] for i in chosen]
+    )
+    combined.best_score_ = float(selection.score)
+    combined.fit_imputed_ = ensemble_imputed([m.predictions_.missing for m in members], weights, dataset)
+    return combined
 
 
 def _best_imputer(best: Any, objective: _Objective, store: Any, dataset: Any, space: Any, seed: int) -> Any:

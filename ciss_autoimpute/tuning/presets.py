@@ -4,10 +4,12 @@ The presets live here, in code; ``search_spaces/<name>.json`` at the repository 
 are user-facing copies written by ``scripts/write_presets.py`` (a test checks that
 they still match).
 
-* ``default`` — every built-in family with its own space; moderate training ranges.
-  This includes the classical baselines ``mean``, ``knn``, ``mice`` and
-  ``missforest`` (closed form, small spaces), so a study can pick them when they win.
-* ``quick`` — small networks, 20-60 epochs, at most 4 refit loops, and the classical
+* ``default`` — every built-in family that assumes the missingness ignorable (MCAR or
+  MAR) with its own space; moderate training ranges. This includes the classical
+  baselines ``mean``, ``knn``, ``mice`` and ``missforest`` (closed form, small spaces),
+  so a study can pick them when they win. not-MIWAE is left to ``mnar``: see
+  :func:`_ignorable_families`.
+* ``quick`` — the same families, small networks, 20-60 epochs, at most 4 refit loops, and the classical
   baselines with cheap settings (at most 4 MissForest rounds of 10-30 shallow trees): a
   time-bounded ``run_imputation(model="auto")`` on small data.
 * ``mnar`` — not-MIWAE alone, over its missing-process models (the holdout cannot judge MNAR corrections).
@@ -41,9 +43,26 @@ def _builtin_families() -> list[str]:
     ]
 
 
+def _ignorable_families() -> list[str]:
+    """Built-in families that do not model the missingness mechanism (all but not-MIWAE).
+
+    The validation holdout hides observed cells, which are observed whatever the
+    mechanism; a model of p(s | x) imputes them as cells that were observed, while it
+    shifts the truly missing ones by what it learned about p(s | x). So the holdout
+    scores not-MIWAE's MAR-like part and is blind to the shift. Under MAR a spurious
+    self-masking fit then wins the holdout and loses on the missing cells: on the
+    benchmark, studies over all families picked not-MIWAE on wine (MAR, 30 %) and
+    penguins (MAR) and scored 0.994 and 0.764 standardised RMSE where KNN and
+    HyperImpute reached 0.755 and 0.579. Data believed MNAR goes to the ``mnar`` preset.
+    """
+    from ..models import registry
+
+    return [n for n in _builtin_families() if not getattr(registry.get_model_class(n), "models_missingness", False)]
+
+
 def _default() -> SearchSpace:
-    """Every built-in family with its own space and :func:`default_train_space` (100-400 epochs, up to 10 loops)."""
-    return SearchSpace(_builtin_families(), train=default_train_space())
+    """The ignorable-missingness families, each with its own space, and :func:`default_train_space`."""
+    return SearchSpace(_ignorable_families(), train=default_train_space())
 
 
 def _quick() -> SearchSpace:
@@ -65,7 +84,6 @@ def _quick() -> SearchSpace:
         "cissvae": {**small, "num_shared_encode": Categorical((0, 1)), "num_shared_decode": Categorical((0, 1))},
         "vae": dict(small),
         "miwae": {**small, "n_samples": Fixed(10)},
-        "notmiwae": {**small, "n_samples": Fixed(10)},
         "gain": {"num_hidden_layers": Int(1, 2), "hidden_dim": Categorical((32, 64))},
         "mida": {"n_layers": Int(1, 2)},
         # The classical baselines, kept cheap: few rounds, small forests.
@@ -81,7 +99,7 @@ def _quick() -> SearchSpace:
             "max_iter": Int(2, 4),
         },
     }
-    families = {name: per_family.get(name, {}) for name in _builtin_families()}
+    families = {name: per_family.get(name, {}) for name in _ignorable_families()}
     train = {
         "epochs": Int(20, 60, step=20),
         "lr": Float(1e-3, 1e-2, log=True),
