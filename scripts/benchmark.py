@@ -818,12 +818,21 @@ def render_markdown(rows: pd.DataFrame, *, command: str, machine: str, problems:
     tuned = ok[ok["method"].isin(["ours_autotune", "ours_autotune_mnar"])]
     if not tuned.empty:
         out += ["## What autotune chose", "",
-                "| cell | seed | method | best family | validation error | test RMSE | trials complete/pruned/failed |",
+                "| cell | seed | method | best family (or ensemble weights) | validation error | test RMSE | "
+                "trials complete/pruned/failed |",
                 "| --- | --- | --- | --- | --- | --- | --- |"]
         for _, r in tuned.iterrows():
             info = json.loads(r["info"]) if isinstance(r["info"], str) else {}
-            out.append(f"| {r['cell']} | {r['seed']} | {r['method']} | {info.get('best_family')} | "
-                       f"{info.get('val_error', float('nan')):.3f} | {r['rmse']:.3f} | "
+            chose = info.get("best_family")
+            if info.get("ensemble"):
+                # {trial: [family, weight]} -> "ensemble: mice 0.50 + missforest 0.50" (families summed)
+                by_family: dict[str, float] = {}
+                for family, weight in info["ensemble"].values():
+                    by_family[family] = by_family.get(family, 0.0) + weight
+                chose = "ensemble: " + " + ".join(f"{f} {w:.2f}" for f, w in
+                                                  sorted(by_family.items(), key=lambda kv: -kv[1]))
+            out.append(f"| {r['cell']} | {r['seed']} | {r['method']} | {chose} | "
+                       f"{info.get('ensemble_val') or info.get('val_error', float('nan')):.3f} | {r['rmse']:.3f} | "
                        f"{info.get('n_complete')}/{info.get('n_pruned')}/{info.get('n_failed')} |")
         out.append("")
     return "\n".join(out)
