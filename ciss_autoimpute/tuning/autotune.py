@@ -763,7 +763,7 @@ def _build_ensemble(objective: _Objective, best: Any, dataset: Any) -> Any:
     from ..ensemble import EnsembleImputer, ensemble_imputed, select_ensemble
 
     cands = objective.candidates
-    if objective.ensemble <= 1 or len(cands) < 2:
+    if objective.ensemble <= 1 or len(cands) < 2 or not bool(dataset.data.val_mask.any()):
         return None
     if cands[0][1] != best.number:
         logger.info(
