@@ -84,7 +84,8 @@ METHOD_NOTES: dict[str, str] = {
     "ours_vae": "run_imputation(model='vae') with defaults",
     "ours_miwae": "run_imputation(model='miwae') with defaults",
     "ours_notmiwae": "run_imputation(model='notmiwae') with defaults (self-masking missing process)",
-    "ours_autotune": "autotune(SearchSpace.preset('default'), n_trials=N)",
+    "ours_autotune": "autotune(SearchSpace.preset('default'), n_trials=N): the best trial, or the ensemble of "
+                     "trials it returns (ensemble=8, the default)",
     "ours_autotune_mnar": "autotune(SearchSpace.preset('mnar'), n_trials=N) (MNAR cells only)",
 }
 MECHANISM_ARG = {"mcar": "mcar", "mar": "mar", "mnar": "mnar_selfmask", "mnar_paper": "mnar_selfmask"}
