@@ -375,22 +375,14 @@ class EnsembleImputer:
 
     @classmethod
     def _from_payload(cls, payload: dict[str, Any], path: Path, *, device: str | None = None) -> "EnsembleImputer":
-        from .imputer import Imputer
+        from .imputer import Imputer, check_file_payload
 
-        if payload.get("format_version") != _ENSEMBLE_FORMAT_VERSION:
-            raise ModelFileError(
-                f"{str(path)!r} was written in ensemble format {payload.get('format_version')!r} by ciss_autoimpute "
-                f"{payload.get('package_version')!r}; this is format {_ENSEMBLE_FORMAT_VERSION}. Load it with "
-                "that version, or tune again."
-            )
+        check_file_payload(payload, path, what="ensemble", version=_ENSEMBLE_FORMAT_VERSION, redo="tune again")
         meta, members = payload.get("meta"), payload.get("members")
         if not isinstance(meta, str) or not isinstance(members, list) or not members:
             raise ModelFileError(f"{str(path)!r} is missing its members or weights; the file is damaged.")
-        if cls._checksum(meta, members) != payload.get("checksum"):
-            raise ModelFileError(
-                f"{str(path)!r} does not match its checksum: it was corrupted or modified after saving. "
-                "Use the original file or tune again."
-            )
+        check_file_payload(payload, path, what="ensemble", version=_ENSEMBLE_FORMAT_VERSION, redo="tune again",
+                           checksum=cls._checksum(meta, members))
         cfg = json.loads(meta)
         imputers = [Imputer._from_payload(p, path, device=device) for p in members]
         ens = cls(imputers, cfg["weights"], own_clusters=cfg["own_clusters"], trial_numbers=cfg["trial_numbers"])

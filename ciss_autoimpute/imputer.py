@@ -571,20 +571,12 @@ class Imputer(TransformerMixin, BaseEstimator):
 
         if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
             raise ModelFileError(f"{str(path)!r} is not a ciss_autoimpute imputer file; save one with Imputer.save().")
-        if payload.get("format_version") != _FORMAT_VERSION:
-            raise ModelFileError(
-                f"{str(path)!r} was written in imputer format {payload.get('format_version')!r} by ciss_autoimpute "
-                f"{payload.get('package_version')!r}; this is format {_FORMAT_VERSION} (ciss_autoimpute {__version__}). "
-                "Load it with that version, or refit."
-            )
+        check_file_payload(payload, path, what="imputer", version=_FORMAT_VERSION, redo="refit")
         config_json, state = payload.get("config"), payload.get("state_dict")
         if not isinstance(config_json, str) or not isinstance(state, dict):
             raise ModelFileError(f"{str(path)!r} is missing its config or weights; the file is damaged.")
-        if _checksum(config_json, state) != payload.get("checksum"):
-            raise ModelFileError(
-                f"{str(path)!r} does not match its checksum: it was corrupted or modified after saving. "
-                "Use the original file or refit."
-            )
+        check_file_payload(payload, path, what="imputer", version=_FORMAT_VERSION, redo="refit",
+                           checksum=_checksum(config_json, state))
         cfg = json.loads(config_json)
         imp = cls(**cfg["estimator_params"])
         if device is not None:
@@ -720,3 +712,20 @@ def draw_intervals(
     out = pd.DataFrame(blocks, index=draws[0].index)
     out.columns = pd.MultiIndex.from_tuples(list(blocks), names=["column", "bound"])
     return out
+
+
+def check_file_payload(
+    payload: Mapping[str, Any], path: Path, *, what: str, version: int, redo: str, checksum: str | None = None
+) -> None:
+    """Refuse a saved file of another format version, or (given ``checksum``) one whose contents changed."""
+    if payload.get("format_version") != version:
+        raise ModelFileError(
+            f"{str(path)!r} was written in {what} format {payload.get('format_version')!r} by ciss_autoimpute "
+            f"{payload.get('package_version')!r}; this is format {version} (ciss_autoimpute {__version__}). "
+            f"Load it with that version, or {redo}."
+        )
+    if checksum is not None and checksum != payload.get("checksum"):
+        raise ModelFileError(
+            f"{str(path)!r} does not match its checksum: it was corrupted or modified after saving. "
+            f"Use the original file or {redo}."
+        )
