@@ -7,6 +7,7 @@ held in a buffer, so tests can dictate each loop's score exactly).
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 
@@ -17,6 +18,9 @@ from torch import nn
 from ciss_autoimpute.data.layout import EncodedData, FeatureLayout
 from ciss_autoimpute.exceptions import TrainingDivergedError
 from ciss_autoimpute.models.base import ImputationModel, LossOutput
+from ciss_autoimpute.training import trainer as trainer_module
+from ciss_autoimpute.training import _flat as flat_module
+from ciss_autoimpute.training._flat import FlatAdam, FlatGrads
 from ciss_autoimpute.training import (
     Callback,
     History,
@@ -227,7 +231,14 @@ def test_optimizer_and_scheduler_created_once_per_run(monkeypatch):
             created["sched"] += 1
             super().__init__(*a, **k)
 
+    class CountingFlatAdam(trainer_module.FlatAdam):
+        def __init__(self, *a, **k):
+            created["adam"] += 1
+            super().__init__(*a, **k)
+
     monkeypatch.setattr(torch.optim, "Adam", CountingAdam)
+    # The trainer's lean Adam (float parameters on one device, the usual case).
+    monkeypatch.setattr(trainer_module, "FlatAdam", CountingFlatAdam)
     monkeypatch.setattr(torch.optim.lr_scheduler, "ExponentialLR", CountingExp)
 
     seen = set()
@@ -634,3 +645,196 @@ def test_trained_model_beats_mean_imputation_on_holdout():
                       refit=RefitConfig(max_loops=3, epochs_per_loop=10))
     mean_score = validation_score(torch.zeros_like(data.x), data).total
     assert result.best_score.total < 0.8 * mean_score
+
+
+# --------------------------------------------------------------------------- lean optimiser step
+def _reference_fit(data, train, seed):
+    """Initial training as the Trainer runs it, with torch.optim.Adam and clip_grad_norm_."""
+    model = TinyAE(data.layout, data.n_clusters, seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay, fused=True)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=train.decay_factor)
+    gen = torch.Generator().manual_seed(seed)
+    n, bs = data.n_rows, train.batch_size
+    losses = []
+    for _ in range(train.epochs):
+        perm = torch.randperm(n, generator=gen)
+        x, mask, clusters = data.x[perm], data.train_mask[perm], data.clusters[perm]
+        total = torch.zeros(())
+        for s in range(0, n, bs):
+            out = model.loss(x[s:s + bs], mask[s:s + bs], clusters[s:s + bs], generator=gen)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            if train.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+            opt.step()
+            total.add_(out.loss.detach(), alpha=x[s:s + bs].shape[0])
+        losses.append((total / n).item())
+        sched.step()
+    return model, losses
+
+
+@pytest.mark.parametrize("clip, weight_decay", [(0.05, 0.0), (None, 1e-2), (5.0, 1e-3)])
+def test_trainer_steps_are_bit_identical_to_plain_adam_and_clip_grad_norm(clip, weight_decay):
+    # The shared gradient buffer and the lean Adam step must not change a single bit:
+    # same weights and same epoch losses as torch.optim.Adam + clip_grad_norm_.
+    data = make_data()
+    train = TrainConfig(epochs=4, lr=2e-2, batch_size=32, grad_clip=clip, weight_decay=weight_decay,
+                        decay_factor=0.9)
+    result = fit_tiny(data, train=train, refit=RefitConfig(max_loops=0), seed=5)
+    assert isinstance(result.model, TinyAE)
+    reference, losses = _reference_fit(data, train, seed=5)
+    for (name, p), q in zip(result.model.named_parameters(), reference.parameters()):
+        assert torch.equal(p, q), name
+    assert [r["loss"] for r in result.epoch_history] == losses
+
+
+def test_clipping_is_active_in_the_bit_identity_check():
+    # Guards the test above: with grad_clip=0.05 the gradients really are scaled down.
+    data = make_data()
+    model = TinyAE(data.layout, data.n_clusters)
+    model.loss(data.x[:32], data.train_mask[:32], data.clusters[:32], generator=torch.Generator()).loss.backward()
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+    assert norm > 0.05
+
+
+def test_flat_grads_views_share_one_buffer_and_are_released_after_fit():
+    data = make_data()
+    model = TinyAE(data.layout, data.n_clusters)
+    params = list(model.parameters())
+    grads = FlatGrads(params)
+    assert grads.grad.numel() == sum(p.numel() for p in params)
+    for p, view in zip(params, grads.views):
+        assert p.grad is view and p.grad.untyped_storage().data_ptr() == grads.grad.untyped_storage().data_ptr()
+    # Autograd accumulates into the views; zero_grad zeroes them all at once.
+    model.loss(data.x, data.train_mask, data.clusters, generator=torch.Generator()).loss.backward()
+    assert grads.grad.abs().sum() > 0 and all(p.grad is v for p, v in zip(params, grads.views))
+    grads.zero_grad()
+    assert not grads.grad.any()
+    # Code that resets the gradients (model.zero_grad sets them to None) is repaired.
+    model.zero_grad()
+    out = model.loss(data.x, data.train_mask, data.clusters, generator=torch.Generator()).loss
+    out.backward()
+    fresh = [p.grad.clone() for p in params]
+    grads.sync()
+    assert all(p.grad is v for p, v in zip(params, grads.views))
+    assert all(torch.equal(v, f) for v, f in zip(grads.views, fresh))
+    # zero_grad puts the views back too (a stale gradient must not leak into the next step).
+    model.zero_grad()
+    params[0].grad = torch.ones_like(params[0])
+    grads.zero_grad()
+    assert all(p.grad is v for p, v in zip(params, grads.views)) and not grads.grad.any()
+    with pytest.raises(ValueError, match=r"same parameter twice"):
+        FlatGrads([params[0], params[0]])
+    with pytest.raises(ValueError, match=r"one device with one dtype"):
+        FlatGrads([params[0], nn.Parameter(torch.zeros(2, dtype=torch.float64))])
+
+    # After a fit the model is an ordinary module: no gradient aliases another one.
+    result = fit_tiny(data)
+    ptrs = [p.grad.untyped_storage().data_ptr() for p in result.model.parameters() if p.grad is not None]
+    assert len(set(ptrs)) == len(ptrs)
+
+
+def test_refit_of_the_same_trainer_repeats_the_first_fit():
+    # The gradient buffers are built per fit and released after it; a second fit of the
+    # same trainer (new model state, same seed) must give the same result as the first.
+    data = make_data()
+    model = TinyAE(data.layout, data.n_clusters, seed=0)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = Trainer(model, FAST, RefitConfig(max_loops=1, epochs_per_loop=2), seed=1, device="cpu")
+    first = trainer.fit(data)
+    first_losses = [r["loss"] for r in first.epoch_history]
+    first_imputed = first.imputed.clone()
+    model.load_state_dict(initial)
+    second = trainer.fit(data)
+    assert [r["loss"] for r in second.epoch_history] == first_losses
+    assert torch.equal(second.imputed, first_imputed)
+    # The best state loads back into the model through the usual state_dict path.
+    assert all(torch.equal(second.model.state_dict()[k], v) for k, v in second.best_state.items())
+
+
+def test_flat_adam_state_dict_round_trip_continues_identically():
+    data = make_data()
+    batches = [(data.x[s:s + 40], data.train_mask[s:s + 40], data.clusters[s:s + 40]) for s in range(0, 120, 40)]
+
+    def run(model, opt, grads, items):
+        for xb, mb, cb in items:
+            opt.zero_grad()
+            model.loss(xb, mb, cb, generator=torch.Generator().manual_seed(0)).loss.backward()
+            grads.clip_grad_norm_(1.0)
+            opt.step()
+
+    a = TinyAE(data.layout, data.n_clusters, seed=2)
+    ga = FlatGrads(list(a.parameters()))
+    opt_a = FlatAdam(ga, lr=1e-2, weight_decay=1e-3)
+    run(a, opt_a, ga, batches[:2])
+    b = TinyAE(data.layout, data.n_clusters, seed=9)
+    b.load_state_dict(a.state_dict())
+    gb = FlatGrads(list(b.parameters()))
+    opt_b = FlatAdam(gb, lr=1e-2, weight_decay=1e-3)
+    # Deep-copied, as a saved and reloaded checkpoint would be (state_dict returns live tensors).
+    opt_b.load_state_dict(copy.deepcopy(opt_a.state_dict()))
+    assert set(opt_a.state_dict()["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}
+    run(a, opt_a, ga, batches[2:])
+    run(b, opt_b, gb, batches[2:])
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+
+
+class PartsModel(TinyAE):
+    """TinyAE whose loss parts change after ``switch`` calls: ``kind`` says how."""
+
+    name = "parts_test"
+
+    def __init__(self, *a, switch=None, kind="dtype", **k):
+        super().__init__(*a, **k)
+        self.switch, self.kind, self.calls = switch, kind, 0
+
+    def loss(self, x, mask, clusters, *, generator=None):
+        out = super().loss(x, mask, clusters, generator=generator)
+        self.calls += 1
+        if self.switch is not None and self.calls > self.switch:
+            if self.kind == "dtype":
+                out.parts["kl"] = out.parts["kl"].double()
+            elif self.kind == "shape":
+                out.parts["kl"] = out.parts["kl"].reshape(1)
+            else:
+                out.parts["rows"] = torch.tensor(float(x.shape[0]))
+        return out
+
+
+@pytest.mark.parametrize("switch", [0, 2])
+@pytest.mark.parametrize("kind", ["dtype", "shape", "names"])
+def test_epoch_parts_are_row_weighted_means_when_parts_change_mid_epoch(switch, kind):
+    # Parts that are not float32 scalars, or whose names change within an epoch, leave the
+    # one-vector fast path for the per-part sums; the record must not notice.
+    data = make_data(n=100)
+    plain = Trainer(PartsModel(data.layout, data.n_clusters), TrainConfig(epochs=1, batch_size=32),
+                    RefitConfig(max_loops=0), seed=0, device="cpu").fit(data)
+    mixed = Trainer(PartsModel(data.layout, data.n_clusters, switch=switch, kind=kind),
+                    TrainConfig(epochs=1, batch_size=32), RefitConfig(max_loops=0), seed=0, device="cpu").fit(data)
+    a, b = plain.epoch_history[0], mixed.epoch_history[0]
+    for key in ("loss", "nll", "kl"):
+        assert b[key] == pytest.approx(a[key], rel=1e-6), key
+    if kind == "names":
+        # Four batches of 32, 32, 32, 4 rows; "rows" appears from batch switch + 1 on.
+        sizes = [32, 32, 32, 4][switch:]
+        assert b["rows"] == pytest.approx(sum(r * r for r in sizes) / 100)
+
+
+def test_lean_adam_falls_back_to_adam_step_when_the_private_kernel_changes(monkeypatch):
+    # torch._fused_adam_ is private: a release that changes it must cost speed, not results.
+    data = make_data()
+    train = TrainConfig(epochs=3, lr=2e-2, batch_size=32, grad_clip=0.05, decay_factor=0.9)
+    expected = fit_tiny(data, train=train, refit=RefitConfig(max_loops=0), seed=5)
+    calls = {"n": 0}
+
+    def changed_signature(*args, **kwargs):
+        calls["n"] += 1
+        raise TypeError("_fused_adam_() got an unexpected keyword argument 'beta1'")
+
+    # Only the lean step's handle changes; Adam.step keeps reaching the real kernel.
+    monkeypatch.setattr(flat_module, "_fused_adam_kernel", changed_signature)
+    got = fit_tiny(data, train=train, refit=RefitConfig(max_loops=0), seed=5)
+    assert calls["n"] == 1  # tried once, then Adam.step for good
+    for (name, p), q in zip(got.model.named_parameters(), expected.model.parameters()):
+        assert torch.equal(p, q), name

@@ -120,16 +120,31 @@ class ClusterIndex:
         Number of clusters the ids range over.
     """
 
-    def __init__(self, clusters: torch.Tensor, n_clusters: int) -> None:
-        self.clusters = clusters
+    def __init__(self, clusters: torch.Tensor | None, n_clusters: int, device: torch.device | None = None) -> None:
+        # None (grouped indexes only): rebuilt from the counts on first use, on ``device``.
+        self._clusters = clusters
+        self._device = device
         self.n_clusters = n_clusters
         #: True when the rows are already grouped by cluster along the row axis (see
         #: :meth:`grouped`): layers then work on contiguous segments, with no gather.
         self.is_grouped = False
 
+    @property
+    def clusters(self) -> torch.Tensor:
+        """int64 ``[n]`` cluster id per (flattened) row."""
+        if self._clusters is None:
+            counts = torch.tensor(self.counts, dtype=torch.long, device=self._device)
+            self._clusters = torch.repeat_interleave(torch.arange(self.n_clusters, device=self._device), counts)
+        return self._clusters
+
     @classmethod
     def grouped(
-        cls, counts: Sequence[int], n_clusters: int, clusters: torch.Tensor | None = None
+        cls,
+        counts: Sequence[int],
+        n_clusters: int,
+        clusters: torch.Tensor | None = None,
+        *,
+        device: torch.device | None = None,
     ) -> "ClusterIndex":
         """An index for rows that are already sorted by cluster along the row axis.
 
@@ -142,7 +157,11 @@ class ClusterIndex:
         n_clusters
             Number of clusters.
         clusters
-            The sorted cluster ids, if the caller has them (else rebuilt from ``counts``).
+            The sorted cluster ids, if the caller has them; else they are rebuilt from
+            ``counts`` (on ``device``) only if something reads :attr:`clusters`. The
+            grouped layers read only the counts, so a training step skips that work.
+        device
+            Where to rebuild the ids when ``clusters`` is not given (default CPU).
 
         Notes
         -----
@@ -156,9 +175,7 @@ class ClusterIndex:
             raise ValueError(
                 f"counts must hold {n_clusters} non-negative row counts (one per cluster), got {list(counts)}."
             )
-        if clusters is None:
-            clusters = torch.repeat_interleave(torch.arange(n_clusters), torch.tensor(counts, dtype=torch.long))
-        index = cls(clusters.reshape(-1).long(), n_clusters)
+        index = cls(None if clusters is None else clusters.reshape(-1).long(), n_clusters, device)
         index.is_grouped = True
         index.__dict__["counts"] = counts
         return index

@@ -56,6 +56,32 @@ DF_MIN = 3.0
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
+def float_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A float copy of ``mask`` (1 where true, 0 elsewhere).
+
+    A bool mask is converted through a ``uint8`` view: the same values, but this
+    torch build converts bool to float slowly on CPU (1000 x 50: 30 us against 5.6 us
+    through ``uint8``; 4000 x 50: 115 us against 16 us).
+    """
+    if mask.dtype == torch.bool:
+        return mask.view(torch.uint8).to(dtype)
+    return mask.to(dtype)
+
+
+def zero_unobserved(x: torch.Tensor, mask_f: torch.Tensor) -> torch.Tensor:
+    """``x`` where the float mask ``mask_f`` is 1, zero where it is 0.
+
+    The values of ``torch.where(mask, x, 0)`` whenever the observed cells are finite
+    (which every caller guarantees; the Trainer rejects non-finite data), while
+    filler values in unobserved cells never reach the maths, even NaN or infinite
+    ones. ``where`` with a bool condition is slow on CPU in this torch build
+    (1000 x 50: 39 us, 4000 x 50: 460 us); the multiply plus ``nan_to_num`` costs
+    17 us and 46 us. An unobserved cell may come out as ``-0.0``; it is only ever
+    multiplied by a zero mask afterwards.
+    """
+    return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).mul_(mask_f)
+
+
 def _check_layout(layout: FeatureLayout) -> None:
     """Every encoded column must be exactly one of numeric / binary / one categorical level."""
     if not isinstance(layout, FeatureLayout):
@@ -341,13 +367,13 @@ class MixedLikelihood(nn.Module):
         """
         p = self.split(raw)
         mask = mask.bool()
-        # Filler values in unobserved cells must not reach the maths (NaN-safe gradients).
-        x = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
         # Masking multiplies by a float copy of the mask: the same values as multiplying by
         # the bool mask, but elementwise ops mixing bool and float are several times slower
         # on CPU (measured 10.8 us against 2.8 us on 256 x 50, 175 us against 33 us on
         # [20, 256, 50]).
-        mask_f = mask.to(raw.dtype)
+        mask_f = float_mask(mask, raw.dtype)
+        # Filler values in unobserved cells must not reach the maths (NaN-safe gradients).
+        x = zero_unobserved(x, float_mask(mask, x.dtype))
         out = {}
 
         m_num = self._take(mask_f, "numeric")
@@ -400,10 +426,10 @@ class MixedLikelihood(nn.Module):
             # All-numeric Gaussian data (the common case): one fused op with a hand-written
             # backward instead of ~10 small elementwise ops and their autograd nodes.
             p = self.split(raw)
-            mask = mask.bool()
-            x = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+            mask_f = float_mask(mask.bool(), raw.dtype)
+            x = zero_unobserved(x, mask_f if x.dtype == raw.dtype else float_mask(mask.bool(), x.dtype))
             x_num = self._take(x, "numeric")
-            m_num = self._take(mask.to(raw.dtype), "numeric")
+            m_num = self._take(mask_f, "numeric")
             return _GaussianRowLogLik.apply(p["mean"], p.get("log_scale"), x_num, m_num)
         parts = self.log_prob_units(raw, x, mask)
         total = parts["numeric"].sum(-1)

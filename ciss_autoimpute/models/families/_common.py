@@ -225,7 +225,8 @@ class LatentModel(ImputationModel):
             return x, mask, None, None
         order = torch.argsort(clusters, stable=True)
         counts = torch.bincount(clusters, minlength=self.n_clusters).tolist()
-        index = ClusterIndex.grouped(counts, self.n_clusters, clusters.index_select(0, order))
+        # The sorted ids themselves are rebuilt from the counts only if a layer asks for them.
+        index = ClusterIndex.grouped(counts, self.n_clusters, device=clusters.device)
         return x.index_select(0, order), mask.index_select(0, order), index, order
 
     def encode(

@@ -18,6 +18,7 @@ from ...data.layout import FeatureLayout
 from ...tuning.params import Categorical, Param
 from ..bounds import notmiwae_log_weights
 from ..layers import MLP, ClusterLinear
+from ..likelihoods import float_mask, zero_unobserved
 from ..registry import register_model
 from ._common import check_choice, check_int
 from .miwae import MIWAE
@@ -155,7 +156,7 @@ class MissingProcess(nn.Module):
     def log_prob(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``log p(s|x)`` summed per row ``[..., n]``; ``s`` is ``mask`` per user column."""
         logits = self.logits(x)
-        s = self.observed_units(mask).to(logits.dtype).expand_as(logits)
+        s = float_mask(self.observed_units(mask), logits.dtype).expand_as(logits)
         return -F.binary_cross_entropy_with_logits(logits, s, reduction="none").sum(-1)
 
 
@@ -266,8 +267,8 @@ class NotMIWAE(MIWAE):
         # where(mask, x, drawn) as float arithmetic: the same values and gradient (exact,
         # since x_obs is 0 and drawn is multiplied by 0 where the other applies), but a
         # bool-mask where over [K, n, d] is ~10x slower on CPU than the multiply-add.
-        keep = mask.to(drawn.dtype)
-        x_obs = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+        keep = float_mask(mask, drawn.dtype)
+        x_obs = zero_unobserved(x, keep if x.dtype == drawn.dtype else float_mask(mask, x.dtype))
         s["x_full"] = torch.addcmul(x_obs, drawn, 1.0 - keep)
         # p(s|x) reads the cells observed in the data: a held-out cell is hidden from the
         # likelihood (its value is drawn like a missing one) but was observed, s = 1.
