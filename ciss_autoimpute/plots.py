@@ -767,6 +767,20 @@ def write_report(tune_result: Any, dataset: Any, directory: str | Path, *, dpi: 
                  for t in ranked],
             ),
         ]
+    weights = getattr(tune_result, "ensemble_weights", None) or {}
+    if weights:
+        families = {t.number: t.user_attrs.get("model", "?") for t in trials}
+        lines += [
+            "",
+            "## Ensemble",
+            "",
+            f"The returned imputer averages {len(weights)} trials (greedy ensemble selection on the holdout); "
+            f"validation error {tune_result.ensemble_value:.4g}, measured on the holdout the weights were chosen on.",
+            "",
+            _md_table(["trial", "model", "weight"],
+                      [[num, families.get(num, "?"), round(w, 3)] for num, w in sorted(weights.items(),
+                                                                                     key=lambda kv: -kv[1])]),
+        ]
     lines += ["", "## Figures", ""]
     for name, caption, _ in figures:
         if name in written:

@@ -236,6 +236,10 @@ def test_cli_tune_saves_the_ensemble_and_can_turn_it_off(tmp_path):
     assert isinstance(loaded, EnsembleImputer) and len(loaded.members_) >= 2
     out = pd.read_csv(tmp_path / "out.csv")
     assert not out.isna().any().any()
+    # The report names the members and their weights.
+    assert_ok(run_cli("tune", csv, "--space", space, "--trials", 3, "--report", tmp_path / "rep", "--device", "cpu"))
+    index = (tmp_path / "rep" / "index.md").read_text()
+    assert "## Ensemble" in index and "| knn |" in index
 
     proc = run_cli("tune", csv, "--space", space, "--trials", 3, "--ensemble", 0, "--save-model",
                    tmp_path / "one.pt", "--device", "cpu")
