@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.base import BaseEstimator, TransformerMixin
 
 from . import __version__
 from .exceptions import ModelFileError, NotFittedError
@@ -166,18 +167,29 @@ def select_ensemble(
     return EnsembleSelection(best_counts, best_score, singles[first], path)
 
 
-class EnsembleImputer:
+def _all_fitted(members: Any) -> bool:
+    try:
+        items = list(members)
+    except TypeError:
+        return False
+    return bool(items) and all(hasattr(m, "model_") for m in items)
+
+
+class EnsembleImputer(TransformerMixin, BaseEstimator):
     """Weighted average of fitted :class:`~ciss_autoimpute.Imputer` objects.
 
     Made by :func:`~ciss_autoimpute.autotune` (``ensemble=``) from its best trials and
     used like an ``Imputer``: :meth:`transform` new rows, draw :meth:`sample` copies,
     :meth:`intervals`, :meth:`save` (read back with :meth:`Imputer.load
-    <ciss_autoimpute.Imputer.load>` or :meth:`load`).
+    <ciss_autoimpute.Imputer.load>` or :meth:`load`). Built from fitted imputers it is
+    ready to use; :meth:`fit` refits every member on new data, each with its own
+    settings, and keeps the weights (scikit-learn's ``clone`` and pipelines work).
 
     Parameters
     ----------
     members
-        Fitted imputers sharing one schema (the same columns and encoding).
+        Imputers sharing one schema (the same columns and encoding): fitted, or to be
+        fitted by :meth:`fit`.
     weights
         Non-negative weight per member (normalised to sum to one).
     own_clusters
@@ -192,7 +204,7 @@ class EnsembleImputer:
     model : str
         ``"ensemble"``.
     members_, weights_
-        The members and their normalised weights.
+        The fitted members and their normalised weights.
     best_score_ : float
         The ensemble's holdout error (set by ``autotune``; ``nan`` otherwise). It was
         also used to choose the weights, so it is slightly optimistic.
@@ -208,18 +220,27 @@ class EnsembleImputer:
         own_clusters: Sequence[bool] | None = None,
         trial_numbers: Sequence[int | None] | None = None,
     ) -> None:
+        self.members = members
+        self.weights = weights
+        self.own_clusters = own_clusters
+        self.trial_numbers = trial_numbers
+        if _all_fitted(members):
+            self._set_fitted(list(members))
+
+    def _set_fitted(self, members: list[Any]) -> None:
+        """Check fitted ``members`` against the parameters and store the learned attributes."""
         from .imputer import Imputer
 
-        members = list(members)
         if not members:
             raise ValueError("members is empty; an ensemble needs at least one fitted Imputer.")
         for i, m in enumerate(members):
             if not isinstance(m, Imputer) or not hasattr(m, "model_"):
                 raise TypeError(f"members[{i}] must be a fitted Imputer, got {type(m).__name__}.")
-        w = np.asarray(list(weights), dtype=np.float64)
+        raw = list(self.weights)
+        w = np.asarray(raw, dtype=np.float64)
         if w.shape != (len(members),) or not np.all(np.isfinite(w)) or (w < 0).any() or w.sum() <= 0:
             raise ValueError(
-                f"weights must be {len(members)} finite non-negative numbers with a positive sum, got {list(weights)}."
+                f"weights must be {len(members)} finite non-negative numbers with a positive sum, got {raw}."
             )
         first = members[0]
         for i, m in enumerate(members[1:], start=1):
@@ -228,8 +249,8 @@ class EnsembleImputer:
                     f"members[{i}] was fitted on other columns or another encoding than members[0]; "
                     "ensemble only imputers fitted on the same data."
                 )
-        own = [True] * len(members) if own_clusters is None else [bool(b) for b in own_clusters]
-        nums = [None] * len(members) if trial_numbers is None else list(trial_numbers)
+        own = [True] * len(members) if self.own_clusters is None else [bool(b) for b in self.own_clusters]
+        nums = [None] * len(members) if self.trial_numbers is None else list(self.trial_numbers)
         if len(own) != len(members) or len(nums) != len(members):
             raise ValueError("own_clusters and trial_numbers need one entry per member.")
         self.members_ = members
@@ -244,7 +265,32 @@ class EnsembleImputer:
         self.best_score_ = float("nan")
         self.history_: dict[str, list] = {"epochs": [], "loops": []}
 
-    def __repr__(self) -> str:
+    def fit(self, X: Any, y: Any = None, **fit_params: Any) -> "EnsembleImputer":
+        """Refit every member on ``X`` with its own settings (clones; the members passed are kept).
+
+        The weights stay as they are: they were chosen for these configurations on the
+        data the ensemble was tuned on. ``fit_params`` (``clusters``, ``callbacks``)
+        reach every member's :meth:`Imputer.fit <ciss_autoimpute.Imputer.fit>`. Each
+        member then uses the dataset's own clusters.
+        """
+        from sklearn.base import clone
+
+        members = [clone(m).fit(X, y, **fit_params) for m in self.members]
+        self._set_fitted(members)
+        self.own_clusters_ = [True] * len(members)
+        # autotune's completed frame belongs to the data it tuned on; transform(X) gives X's.
+        self.__dict__.pop("fit_imputed_", None)
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "members_"):
+            raise NotFittedError(
+                "This EnsembleImputer's members are not fitted; call fit(X) first (autotune returns fitted ones)."
+            )
+
+    def __repr__(self, N_CHAR_MAX: int = 700) -> str:  # noqa: N803 (scikit-learn's signature)
+        if not hasattr(self, "members_"):
+            return super().__repr__(N_CHAR_MAX)
         parts = ", ".join(f"{m.model}:{w:.2f}" for m, w in zip(self.members_, self.weights_))
         return f"EnsembleImputer({parts})"
 
@@ -263,6 +309,7 @@ class EnsembleImputer:
         """
         from .imputer import _checked_frame, _like_input
 
+        self._check_fitted()
         frame = _checked_frame(X, self.columns_, self.n_features_in_, "EnsembleImputer")
         values, observed = self.schema_.encode(frame)
         if not (~observed).any():
@@ -288,6 +335,7 @@ class EnsembleImputer:
         """
         from .imputer import _stack_frames
 
+        self._check_fitted()
         if method is not None or sampler_options:
             raise ValueError(
                 "An ensemble draws each copy with its member's default method; leave method=None and pass no "
@@ -316,13 +364,8 @@ class EnsembleImputer:
         """Per-cell equal-tailed intervals of ``n`` mixture draws (see :meth:`sample`)."""
         from .imputer import draw_intervals
 
+        self._check_fitted()
         return draw_intervals(self, X, level, n=n, method=method, seed=seed, **sampler_options)
-
-    def fit_transform(self, X: Any, y: Any = None) -> Any:
-        raise NotFittedError(
-            "An EnsembleImputer is built from already fitted imputers (autotune(..., ensemble=...)); "
-            "use transform(X), or refit one of its members."
-        )
 
     # ------------------------------------------------------------------ persistence
     def _meta_json(self) -> str:
@@ -347,6 +390,7 @@ class EnsembleImputer:
         """Write the ensemble to one file: each member as :meth:`Imputer.save` would, plus the weights."""
         from .imputer import ENSEMBLE_FORMAT
 
+        self._check_fitted()
         path = Path(path)
         members = [m._payload() for m in self.members_]
         meta = self._meta_json()

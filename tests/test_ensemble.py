@@ -10,7 +10,7 @@ import torch
 from ciss_autoimpute import ClusterDataset, Imputer, SearchSpace, autotune
 from ciss_autoimpute.data.layout import EncodedData, FeatureLayout
 from ciss_autoimpute.ensemble import EnsembleImputer, select_ensemble
-from ciss_autoimpute.exceptions import ModelFileError
+from ciss_autoimpute.exceptions import ModelFileError, NotFittedError
 from ciss_autoimpute.training.metrics import validation_score
 
 pytestmark = [
@@ -180,8 +180,30 @@ def test_members_must_be_fitted_on_the_same_data(members):
         EnsembleImputer([knn, other], [0.5, 0.5])
     with pytest.raises(ValueError, match="weights must be 2 finite non-negative"):
         EnsembleImputer([knn, knn], [0.5, -0.5])
-    with pytest.raises(TypeError, match=r"members\[0\] must be a fitted Imputer"):
-        EnsembleImputer([Imputer(model="mean")], [1.0])
+    unfitted = EnsembleImputer([Imputer(model="mean")], [1.0])
+    with pytest.raises(NotFittedError, match=r"call fit\(X\) first"):
+        unfitted.transform(df)
+
+
+def test_fit_refits_clones_of_the_members_and_keeps_the_weights(members):
+    from sklearn.base import clone
+    from sklearn.pipeline import make_pipeline
+
+    df, knn, mice = members
+    ens = EnsembleImputer([knn, mice], [0.25, 0.75], trial_numbers=[4, 9])
+    ens.fit_imputed_ = "from the tuning data"
+    refit = ens.fit(df)
+    assert refit is ens and not hasattr(ens, "fit_imputed_")
+    assert ens.members_[0] is not knn and ens.weights_ == [0.25, 0.75]
+    # Each member is its configuration refit on all 120 rows, not the 90-row fit passed in.
+    expected = Imputer(**knn.get_params()).fit(df)
+    pd.testing.assert_frame_equal(ens.members_[0].transform(df), expected.transform(df))
+    # scikit-learn machinery: clone gives unfitted members; a pipeline fits and transforms.
+    fresh = clone(ens)
+    with pytest.raises(NotFittedError):
+        fresh.transform(df)
+    out = make_pipeline(fresh).fit_transform(df)
+    pd.testing.assert_frame_equal(out, ens.transform(df))
 
 
 # ---------------------------------------------------------------------------- autotune
