@@ -384,13 +384,22 @@ def _cmd_impute(args: argparse.Namespace) -> int:
         result.imputer.save(args.save_model)
     _say(
         args,
-        f"imputed {n_missing} missing cells in {len(frame)} rows with {result.model} "
+        f"imputed {n_missing} missing cells in {len(frame)} rows with {_model_label(result.imputer)} "
         f"(validation error {result.validation_error:.4g})"
         + (f", drew {args.multiple} completed copies" if args.multiple is not None else "")
         + f"; wrote {str(output)!r}"
         + (f" and model {args.save_model!r}" if args.save_model else ""),
     )
     return EXIT_OK
+
+
+def _model_label(imputer: Any) -> str:
+    """``vae``, or ``an ensemble of missforest 0.62, knn 0.31`` for an ensemble of trials."""
+    members = getattr(imputer, "members_", None)
+    if not members:
+        return str(imputer.model)
+    mix = ", ".join(f"{m.model} {w:.2f}" for m, w in zip(members, imputer.weights_))
+    return f"an ensemble of {mix}"
 
 
 # ---------------------------------------------------------------------------- tune / worker

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -254,6 +256,10 @@ def test_cli_tune_saves_the_ensemble_and_can_turn_it_off(tmp_path):
                    "-o", tmp_path / "out.csv", "--device", "cpu")
     assert_ok(proc)
     assert "; ensemble (#" in proc.stderr
+    # `impute` (model auto) says what it used.
+    auto = run_cli("impute", csv, "-o", tmp_path / "auto.csv", "--trials", 3, "--time-budget", 60, "--device", "cpu")
+    assert_ok(auto)
+    assert re.search(r"rows with an ensemble of \w+ \d\.\d\d(, \w+ \d\.\d\d)+ \(validation", auto.stderr)
     loaded = Imputer.load(tmp_path / "ens.pt")
     assert isinstance(loaded, EnsembleImputer) and len(loaded.members_) >= 2
     out = pd.read_csv(tmp_path / "out.csv")
