@@ -759,7 +759,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", metavar="INPUT", help="a .csv/.tsv/.parquet file; empty cells and NA mean missing")
     p.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="where to write the completed table")
     p.add_argument("--model", default="auto",
-                   help="'auto' (a short search over all families, the default) or a family: cissvae, vae, "
+                   help="'auto' (a short search over the quick preset's families, possibly an ensemble; the default) or a family: cissvae, vae, "
                         "miwae, notmiwae, gain, mida, mean, knn, mice, missforest")
     p.add_argument("--time-budget", type=_positive_float, metavar="SECONDS",
                    help="seconds for --model auto (default 120)")

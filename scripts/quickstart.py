@@ -1,7 +1,7 @@
 """Tune on the shipped example (Palmer penguins, real missing values) into an SQLite study.
 
 Writes ``quickstart/imputed.csv``, ``quickstart/studies.db`` (the Optuna study) and
-``quickstart/imputer.pt`` (the fitted best model), then says how to open the dashboard.
+``quickstart/imputer.pt`` (the fitted model: best trial or ensemble), then says how to open the dashboard.
 """
 
 from __future__ import annotations
@@ -43,6 +43,10 @@ def main() -> None:
     tuned.imputer.save(out / "imputer.pt")
     print()
     print(f"Best trial: model={tuned.best_config.get('model')} validation error={tuned.best_value:.4f}")
+    if tuned.ensemble_weights:
+        mix = ", ".join(f"#{n} {m.model} {w:.2f}" for n, w, m in zip(tuned.imputer.trial_numbers_,
+                                                                   tuned.imputer.weights_, tuned.imputer.members_))
+        print(f"Returned: an ensemble of {mix}; validation error={tuned.ensemble_value:.4f}")
     print(f"Imputed table:  {out / 'imputed.csv'}")
     print(f"Fitted model:   {out / 'imputer.pt'}   (Imputer.load(path).transform(new_rows))")
     print(f"Optuna study:   {db}  ({len(tuned.study.trials)} trials in study 'penguins')")

@@ -524,7 +524,8 @@ def autotune(
     dashboard: family, validation curve, per-cluster error, epochs, seconds, peak
     memory, device and, on failure, the reason. A diverging trial fails alone.
     The best trial's fitted model is kept in memory — and as an Optuna artifact when
-    the storage persists — so nothing is retrained at the end.
+    the storage persists — so nothing is retrained at the end. When a weighted average
+    of the best trials beats it on the holdout (``ensemble``), that average is returned.
 
     Several workers (processes or machines) share a study by calling ``autotune`` (or
     ``ciss-autoimpute worker``) with the same ``storage`` and ``study_name``: a database
