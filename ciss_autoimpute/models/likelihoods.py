@@ -71,6 +71,9 @@ def float_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def zero_unobserved(x: torch.Tensor, mask_f: torch.Tensor) -> torch.Tensor:
     """``x`` where the float mask ``mask_f`` is 1, zero where it is 0.
 
+    ``mask_f`` may have another floating dtype than ``x``; it is cast (0 and 1 are
+    exact in every float dtype).
+
     The values of ``torch.where(mask, x, 0)`` whenever the observed cells are finite
     (which every caller guarantees; the Trainer rejects non-finite data), while
     filler values in unobserved cells never reach the maths, even NaN or infinite
@@ -79,6 +82,8 @@ def zero_unobserved(x: torch.Tensor, mask_f: torch.Tensor) -> torch.Tensor:
     17 us and 46 us. An unobserved cell may come out as ``-0.0``; it is only ever
     multiplied by a zero mask afterwards.
     """
+    if mask_f.dtype != x.dtype:
+        mask_f = mask_f.to(x.dtype)
     return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).mul_(mask_f)
 
 
@@ -373,7 +378,7 @@ class MixedLikelihood(nn.Module):
         # [20, 256, 50]).
         mask_f = float_mask(mask, raw.dtype)
         # Filler values in unobserved cells must not reach the maths (NaN-safe gradients).
-        x = zero_unobserved(x, float_mask(mask, x.dtype))
+        x = zero_unobserved(x, mask_f)
         out = {}
 
         m_num = self._take(mask_f, "numeric")
@@ -427,7 +432,7 @@ class MixedLikelihood(nn.Module):
             # backward instead of ~10 small elementwise ops and their autograd nodes.
             p = self.split(raw)
             mask_f = float_mask(mask.bool(), raw.dtype)
-            x = zero_unobserved(x, mask_f if x.dtype == raw.dtype else float_mask(mask.bool(), x.dtype))
+            x = zero_unobserved(x, mask_f)
             x_num = self._take(x, "numeric")
             m_num = self._take(mask_f, "numeric")
             return _GaussianRowLogLik.apply(p["mean"], p.get("log_scale"), x_num, m_num)

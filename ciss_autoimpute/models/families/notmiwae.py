@@ -268,7 +268,7 @@ class NotMIWAE(MIWAE):
         # since x_obs is 0 and drawn is multiplied by 0 where the other applies), but a
         # bool-mask where over [K, n, d] is ~10x slower on CPU than the multiply-add.
         keep = float_mask(mask, drawn.dtype)
-        x_obs = zero_unobserved(x, keep if x.dtype == drawn.dtype else float_mask(mask, x.dtype))
+        x_obs = zero_unobserved(x, keep)
         s["x_full"] = torch.addcmul(x_obs, drawn, 1.0 - keep)
         # p(s|x) reads the cells observed in the data: a held-out cell is hidden from the
         # likelihood (its value is drawn like a missing one) but was observed, s = 1.
