@@ -294,12 +294,6 @@ class EnsembleImputer(TransformerMixin, BaseEstimator):
         parts = ", ".join(f"{m.model}:{w:.2f}" for m, w in zip(self.members_, self.weights_))
         return f"EnsembleImputer({parts})"
 
-    @property
-    def cluster_labels_(self) -> list:
-        """Cluster labels of the members fitted on the dataset's own clusters."""
-        own = [m for m, o in zip(self.members_, self.own_clusters_) if o]
-        return list(own[0].cluster_labels_) if own else []
-
     def transform(self, X: Any, *, clusters: Any = None) -> Any:
         """Impute the missing cells of ``X``: the weighted average of the members' imputations.
 
@@ -314,13 +308,11 @@ class EnsembleImputer(TransformerMixin, BaseEstimator):
         values, observed = self.schema_.encode(frame)
         if not (~observed).any():
             return _like_input(X, frame.copy())
-        total = None
-        for m, w, own in zip(self.members_, self.weights_, self.own_clusters_):
-            if w == 0.0:
-                continue
-            x = m._impute_encoded(frame, values, observed, clusters if own else None).cpu().double()
-            total = x * w if total is None else total + x * w
-        assert total is not None
+        total = _weighted_sum(
+            (w, m._impute_encoded(frame, values, observed, clusters if own else None).cpu())
+            for m, w, own in zip(self.members_, self.weights_, self.own_clusters_)
+            if w != 0.0
+        )
         out = self.schema_.decode(total.float().numpy(), frame)
         return _like_input(X, out)
 
@@ -440,12 +432,17 @@ def ensemble_imputed(
     """The dataset completed with the weighted average of the members' missing-cell imputations."""
     data = dataset.data
     x = data.x.clone()
-    total = None
-    for p, w in zip(missing_predictions, weights):
-        if w == 0.0:
-            continue
-        term = p.to(x.device, torch.float64) * float(w)
-        total = term if total is None else total + term
-    assert total is not None
+    total = _weighted_sum((w, p.to(x.device)) for p, w in zip(missing_predictions, weights) if w != 0.0)
     x[~data.observed] = total.to(x.dtype)
     return dataset.decode(x)
+
+
+def _weighted_sum(terms: Any) -> torch.Tensor:
+    """``sum(w * t)`` over ``(w, t)`` pairs, in float64 (at least one pair)."""
+    total = None
+    for w, t in terms:
+        term = t.double() * float(w)
+        total = term if total is None else total + term
+    if total is None:
+        raise ValueError("every weight is zero; an ensemble needs a member with a positive weight.")
+    return total

@@ -674,14 +674,14 @@ class Trainer:
         self._flat = []
         self.optimizers = {}
         for step in self._steps:
-            if _fused_adam_supported(step.parameters) and can_flatten(step.parameters):
+            fused = _fused_adam_supported(step.parameters)
+            if fused and can_flatten(step.parameters):
                 grads = FlatGrads(step.parameters)
                 self._flat.append(grads)
                 self.optimizers[step.name] = FlatAdam(grads, lr=tc.lr, weight_decay=tc.weight_decay)
             else:
                 self.optimizers[step.name] = torch.optim.Adam(
-                    step.parameters, lr=tc.lr, weight_decay=tc.weight_decay,
-                    fused=_fused_adam_supported(step.parameters),
+                    step.parameters, lr=tc.lr, weight_decay=tc.weight_decay, fused=fused
                 )
         self.schedulers = {
             name: torch.optim.lr_scheduler.ExponentialLR(opt, gamma=tc.decay_factor)

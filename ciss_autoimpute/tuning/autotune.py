@@ -226,29 +226,27 @@ class _Objective:
             trial.set_user_attr("fail_reason", f"non-finite validation error {value}")
             raise TrainingDivergedError(f"validation error is {value}")
         if value < self.best_value:
-            if self.best_imputer is not None and self.ensemble > 1:
-                # Only the best trial's completed frame is ever returned; drop the others'.
-                self.best_imputer.__dict__.pop("fit_imputed_", None)
             self.best_value = value
             self.best_number = trial.number
             self.best_imputer = imputer
             self._upload(trial, imputer)
-        elif self.ensemble > 1:
-            imputer.__dict__.pop("fit_imputed_", None)
         self._keep_candidate(value, trial.number, imputer, bool(config.clustering_params))
         return value
 
     def _keep_candidate(self, value: float, number: int, imputer: Any, reclustered: bool) -> None:
         """Keep the best ``ensemble`` trials (with their predictions) for ensemble selection."""
         if self.ensemble <= 1:
-            imputer.__dict__.pop("predictions_", None)
             return
         self.candidates.append((value, number, imputer, reclustered))
         self.candidates.sort(key=lambda c: (c[0], c[1]))
         for dropped in self.candidates[self.ensemble:]:
-            if dropped[2] is not self.best_imputer:
-                dropped[2].__dict__.pop("predictions_", None)
+            dropped[2].__dict__.pop("predictions_", None)
         del self.candidates[self.ensemble:]
+        # Only the best trial's completed frame is ever returned (the ensemble builds its
+        # own from the predictions), so the other candidates drop theirs.
+        for cand in self.candidates:
+            if cand[2] is not self.best_imputer:
+                cand[2].__dict__.pop("fit_imputed_", None)
 
     @staticmethod
     def _note_retry(trial: Any) -> None:
