@@ -282,8 +282,10 @@ class Imputer(TransformerMixin, BaseEstimator):
         gen = torch.Generator(device=dev).manual_seed(int(self.seed))
         # A closed-form family reads only the observed cells, so refilling changes nothing.
         rounds = int(self.transform_iterations) if getattr(self.model_, "trainable", True) else 1
+        # The precision the model was trained in (TrainConfig.precision) also imputes new rows.
+        precision = dict(self.train_params or {}).get("precision", "32")
         for _ in range(rounds):
-            x = impute_all(self.model_, x, obs, lab, generator=gen)
+            x = impute_all(self.model_, x, obs, lab, generator=gen, precision=precision)
         return x
 
     def _assign(self, frame: pd.DataFrame, clusters: Any) -> np.ndarray:

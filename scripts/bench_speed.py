@@ -444,6 +444,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS,
                         help="parts to run (default all): family table, cissvae shared vs unshared layers, "
                              "package comparison, peak-memory check")
+    parser.add_argument("--precision", choices=["32", "bf16-mixed"], default="32",
+                        help="TrainConfig.precision of every run of ours (default 32; bf16-mixed: bfloat16 matrix "
+                             "products under torch.autocast, float32 weights). The matmul reference and the "
+                             "package stay float32.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(ROOT / "docs" / "bench_speed.md"),
                         help="Markdown file written with the results (default docs/bench_speed.md)")
@@ -484,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
             "kind": "ours", "family": family, "rows": n, "cols": args.cols, "seed": args.seed,
             "threads": args.threads, "epochs": epochs or epochs_for(n),
             "batch_size": batch_size or args.batch_size, "val_every": val_every,
-            "params": params or {}, "train": train or {}, "reference": reference,
+            "params": params or {}, "train": {**(train or {}), "precision": args.precision}, "reference": reference,
             "reference_seconds": args.reference_seconds, "stop_after_epochs": stop,
         }
 
@@ -584,7 +588,8 @@ def render(args: argparse.Namespace, argv: list[str] | None, info: dict[str, Any
         f"Command: `{command}`",
         "",
         f"Machine: {info['nproc']} CPUs usable (nproc), {info['cpu']}; torch {info['torch']}, "
-        f"Python {info['python']}; {args.threads} torch thread(s) per process. Started {started_at}, "
+        f"Python {info['python']}; {args.threads} torch thread(s) per process; our precision "
+        f"`{args.precision}` (matmul reference and package: float32). Started {started_at}, "
         f"took {total_seconds / 60:.1f} min.",
         "",
         f"Load average (1/5/15 min) at start: {'/'.join(f'{v:.2f}' for v in load_start)}; at end: "

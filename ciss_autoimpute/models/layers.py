@@ -55,6 +55,10 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "silu": nn.SiLU,
 }
 
+#: Under autocast, cluster segments are multiplied over row windows rounded up to this
+#: many rows, so that bfloat16 kernels are compiled for a few shapes only.
+AUTOCAST_ROW_QUANTUM = 128
+
 _ORDER_ALIASES = {"shared": "shared", "s": "shared", "unshared": "unshared", "u": "unshared"}
 
 
@@ -237,6 +241,11 @@ class ClusterLinear(nn.Module):
         True: one weight ``[out, in]`` and bias ``[out]`` for all rows. False: one
         weight per cluster, ``weight [C, in, out]`` and ``bias [C, out]``. With a single
         cluster a cluster-specific layer *is* a shared layer and is stored as one.
+    float_output
+        Return float32 even when the product ran in a lower precision (under
+        ``torch.autocast``, ``TrainConfig.precision="bf16-mixed"``). Set on the layers
+        whose outputs feed likelihoods, bounds or imputations; hidden layers pass
+        bfloat16 on to the next product. A no-op in float32.
 
     Notes
     -----
@@ -258,7 +267,10 @@ class ClusterLinear(nn.Module):
     #: Largest ``rows * n_clusters * in * out`` computed by the all-clusters product.
     all_clusters_max_work: int = 1 << 21
 
-    def __init__(self, in_features: int, out_features: int, n_clusters: int = 1, shared: bool = True) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, n_clusters: int = 1, shared: bool = True, *,
+        float_output: bool = False,
+    ) -> None:
         super().__init__()
         for label, v in (("in_features", in_features), ("out_features", out_features), ("n_clusters", n_clusters)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -267,6 +279,7 @@ class ClusterLinear(nn.Module):
         self.out_features = out_features
         self.n_clusters = n_clusters
         self.shared = bool(shared) or n_clusters == 1
+        self.float_output = bool(float_output)
         if self.shared:
             self.weight = nn.Parameter(torch.zeros(out_features, in_features))
             self.bias = nn.Parameter(torch.zeros(out_features))
@@ -301,6 +314,11 @@ class ClusterLinear(nn.Module):
         torch.Tensor
             ``[..., n, out_features]``.
         """
+        out = self._product(x, clusters)
+        # .float() returns a float32 tensor itself, so the float32 path is unchanged.
+        return out.float() if self.float_output else out
+
+    def _product(self, x: torch.Tensor, clusters: torch.Tensor | ClusterIndex | None) -> torch.Tensor:
         if self.shared:
             return F.linear(x, self.weight, self.bias)
         if clusters is None:
@@ -324,15 +342,50 @@ class ClusterLinear(nn.Module):
             out = every[index.clusters, torch.arange(n_rows, device=flat.device)]
             return out.reshape(*lead, self.out_features)
         # Large: one dense product per cluster segment of the cluster-sorted rows.
-        segments = flat.index_select(0, index.order).split(list(index.counts))
+        out = self._segment_products(flat.index_select(0, index.order), index.counts)
+        return out.index_select(0, index.inverse).reshape(*lead, self.out_features)
+
+    def _segment_products(self, rows: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
+        """``rows [n, in]`` sorted by cluster, ``counts`` rows per cluster: each segment's product.
+
+        Under ``torch.autocast`` (``precision="bf16-mixed"``) each segment is padded with
+        zero rows to a multiple of :data:`AUTOCAST_ROW_QUANTUM` and the product's padding
+        rows are dropped. oneDNN compiles a kernel for every new bfloat16 shape (~10 ms
+        each), and the segment sizes change with every batch; rounded, a handful of
+        shapes recur and their kernels are cached. The zero rows add nothing to the
+        weight gradient. Without gradients the window borrows neighbouring rows instead
+        of copying the segment. Float32 products run on the exact segments.
+        """
         # unbind: one backward op (a stack) for all clusters, where indexing weight[c]
         # would allocate and add a zero-padded [C, in, out] gradient per cluster.
         weights, biases = self.weight.unbind(0), self.bias.unbind(0)
-        outs = [
-            torch.addmm(biases[c], seg, weights[c]) for c, seg in enumerate(segments) if seg.shape[0] > 0
-        ]
-        out = torch.cat(outs) if len(outs) > 1 else outs[0]
-        return out.index_select(0, index.inverse).reshape(*lead, self.out_features)
+        quantum = AUTOCAST_ROW_QUANTUM if torch.is_autocast_enabled(rows.device.type) else 0
+        outs = []
+        # Without gradients, a window of neighbouring rows replaces the padded copy.
+        borrow = quantum and not (torch.is_grad_enabled() and (rows.requires_grad or self.weight.requires_grad))
+        n, start = rows.shape[0], 0
+        # split, not slicing: its backward is one concatenation, where each slice's would
+        # allocate and add a zero gradient of the whole matrix.
+        for c, seg in enumerate(rows.split(list(counts))):
+            size = seg.shape[0]
+            start += size
+            if size == 0:
+                continue
+            if quantum and size % quantum:
+                width = -(-size // quantum) * quantum
+                if borrow and width <= n:
+                    first = min(start - size, n - width)
+                    block = torch.addmm(biases[c], rows[first:first + width], weights[c])
+                    outs.append(block[start - size - first:start - first])
+                    continue
+                padded = F.pad(seg, (0, 0, 0, width - size))
+                outs.append(torch.addmm(biases[c], padded, weights[c])[:size])
+            else:
+                # A row range of a contiguous matrix is contiguous: no copy before the product.
+                outs.append(torch.addmm(biases[c], seg, weights[c]))
+        if not outs:
+            return rows.new_zeros(0, self.out_features)
+        return torch.cat(outs) if len(outs) > 1 else outs[0]
 
     def _forward_grouped(self, x: torch.Tensor, index: ClusterIndex) -> torch.Tensor:
         """Rows already sorted by cluster along axis -2: one product per segment."""
@@ -342,16 +395,14 @@ class ClusterLinear(nn.Module):
                 f"the grouped cluster index describes {sum(counts)} rows but x has shape {tuple(x.shape)}; "
                 "pass x sorted by cluster with one row per counted row."
             )
+        if x.dim() == 2:
+            return self._segment_products(x, counts)
         weights, biases = self.weight.unbind(0), self.bias.unbind(0)
         outs = []
         for c, seg in enumerate(x.split(counts, dim=-2)):
             if seg.shape[-2] == 0:
                 continue
-            if seg.dim() == 2:
-                # A row range of a contiguous matrix is contiguous: no copy before the product.
-                outs.append(torch.addmm(biases[c], seg, weights[c]))
-            else:
-                outs.append(torch.matmul(seg, weights[c]) + biases[c])
+            outs.append(torch.matmul(seg, weights[c]) + biases[c])
         if not outs:
             return x.new_zeros(*x.shape[:-1], self.out_features)
         return torch.cat(outs, dim=-2) if len(outs) > 1 else outs[0]

@@ -4,9 +4,9 @@
 """
 
 from .callbacks import Callback, History, ProgressLogger, TimeBudget, history_frame
-from .config import AUTO_BATCH_SIZE, RefitConfig, TrainConfig, configs_from_dict, resolve_batch_size
+from .config import AUTO_BATCH_SIZE, PRECISIONS, RefitConfig, TrainConfig, configs_from_dict, resolve_batch_size
 from .metrics import MetricWeights, ValidationScore, held_out_counts, score_imputations, validation_score
-from .trainer import Trainer, TrainResult, impute_all, resolve_device
+from .trainer import Trainer, TrainResult, impute_all, precision_context, resolve_device
 
 __all__ = [
     "Trainer",
@@ -16,6 +16,8 @@ __all__ = [
     "configs_from_dict",
     "resolve_batch_size",
     "AUTO_BATCH_SIZE",
+    "PRECISIONS",
+    "precision_context",
     "impute_all",
     "resolve_device",
     "Callback",

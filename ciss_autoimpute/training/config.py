@@ -20,7 +20,9 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-__all__ = ["TrainConfig", "RefitConfig", "configs_from_dict", "resolve_batch_size", "AUTO_BATCH_SIZE"]
+__all__ = [
+    "TrainConfig", "RefitConfig", "configs_from_dict", "resolve_batch_size", "AUTO_BATCH_SIZE", "PRECISIONS",
+]
 
 
 def _is_int(value: Any) -> bool:
@@ -50,6 +52,10 @@ AUTO_BATCH_SIZE = "auto"
 AUTO_BATCH_MIN = 256
 AUTO_BATCH_MAX = 4096
 AUTO_ROWS_PER_STEP_DIVISOR = 100
+
+#: Values of ``TrainConfig.precision``: full float32, or bfloat16 matrix products with
+#: float32 weights, optimiser state, likelihoods and bounds (``torch.autocast``).
+PRECISIONS = ("32", "bf16-mixed")
 
 _BATCH_FIX = 'pass a positive number of rows such as 256, or "auto" to choose it from the data size'
 
@@ -149,6 +155,17 @@ class TrainConfig:
         record it in the epoch history; 0 or ``None`` only scores at the end. Default 0,
         because a full imputation pass each time is wasted work unless you watch the
         curve.
+    precision
+        ``"32"`` (the default): every operation in float32. ``"bf16-mixed"``: the
+        matrix products of the networks run in bfloat16 under :func:`torch.autocast`
+        while the weights, Adam's state, the likelihoods, bounds and imputations stay
+        float32 (the layers that feed them return float32). On CPUs with AMX or
+        AVX-512 bfloat16 instructions (Intel Sapphire Rapids and later) and on recent
+        GPUs the products run several times faster; elsewhere it may be slower. Same
+        seed, same result still holds on a given machine, but results differ from
+        ``"32"`` by bfloat16 rounding (8 significant bits); ``docs/bench_speed.md``
+        gives the speed and accuracy measured both ways. The imputer uses the same
+        precision for its imputations of new rows. Closed-form families ignore it.
 
     Examples
     --------
@@ -163,6 +180,7 @@ class TrainConfig:
     grad_clip: float | None = 5.0
     batch_size: int | Literal["auto"] = AUTO_BATCH_SIZE
     val_every: int | None = 0
+    precision: Literal["32", "bf16-mixed"] = "32"
 
     def __post_init__(self) -> None:
         o = "TrainConfig"
@@ -193,6 +211,11 @@ class TrainConfig:
             _check_batch_size(self.batch_size)
         if self.val_every is not None:
             _check_int(o, "val_every", self.val_every, 0, "pass 0 or None to score only at the end, or e.g. 10")
+        if not (isinstance(self.precision, str) and self.precision in PRECISIONS):
+            raise ValueError(
+                f"TrainConfig.precision must be one of {list(PRECISIONS)}, got {self.precision!r}; pass \"32\" for "
+                "float32 everywhere or \"bf16-mixed\" for bfloat16 matrix products with float32 weights."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a flat, JSON-compatible dict."""

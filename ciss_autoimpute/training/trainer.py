@@ -20,6 +20,7 @@ the model.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -33,12 +34,13 @@ from torch import nn
 from ..data.layout import EncodedData
 from ..exceptions import TrainingDivergedError
 from ..models.base import ImputationModel, UpdateStep
+from ..models.likelihoods import float_mask
 from .callbacks import Callback, History, history_frame
 from ._flat import FlatAdam, FlatGrads, can_flatten
 from .config import RefitConfig, TrainConfig, resolve_batch_size
 from .metrics import MetricWeights, ValidationScore, held_out_counts, validation_score
 
-__all__ = ["Trainer", "TrainResult", "impute_all", "resolve_device"]
+__all__ = ["Trainer", "TrainResult", "impute_all", "precision_context", "resolve_device"]
 
 _LOGGER = logging.getLogger("ciss_autoimpute.training")
 
@@ -62,6 +64,30 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         return torch.device(device)
     except RuntimeError as err:
         raise ValueError(f"Unknown device {device!r}; pass 'cpu', 'cuda', 'cuda:0' or None for automatic.") from err
+
+
+def precision_context(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """The context a forward pass runs in for ``TrainConfig.precision``.
+
+    ``"32"`` gives a null context (float32 throughout). ``"bf16-mixed"`` gives
+    :func:`torch.autocast` to bfloat16 on ``device``'s type: linear layers and other
+    matrix products run in bfloat16 on float32 weights; the models' output layers
+    return float32, so likelihoods and bounds are computed in float32.
+    """
+    if precision == "32":
+        return contextlib.nullcontext()
+    if precision != "bf16-mixed":
+        raise ValueError(f'precision must be "32" or "bf16-mixed", got {precision!r}.')
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse ``"bf16-mixed"`` on a CUDA device without bfloat16 support, before training."""
+    if precision == "bf16-mixed" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(
+            f"TrainConfig.precision='bf16-mixed' needs bfloat16 support, which {torch.cuda.get_device_name(device)} "
+            'lacks; use precision="32".'
+        )
 
 
 def _fused_adam_supported(params: Sequence[torch.Tensor]) -> bool:
@@ -157,6 +183,7 @@ def impute_all(
     generator: torch.Generator | None = None,
     keep_observed: bool = True,
     observed: torch.Tensor | None = None,
+    precision: str = "32",
 ) -> torch.Tensor:
     """Single imputations of every row, in chunks, without gradients.
 
@@ -179,6 +206,10 @@ def impute_all(
         For models of the missingness (``models_missingness``): the cells observed in
         the data ``[n, d]``, a superset of ``mask`` when cells are held out for
         validation. It is what ``p(s|x)`` reads as ``s``; ``None`` means ``mask``.
+    precision
+        ``TrainConfig.precision`` of the model: ``"bf16-mixed"`` runs the pass under
+        :func:`precision_context` (trainable models only; closed-form families always
+        run in float32).
 
     Returns
     -------
@@ -190,8 +221,10 @@ def impute_all(
     n = x.shape[0]
     was_training = model.training
     model.eval()
+    if not getattr(model, "trainable", True):
+        precision = "32"
     try:
-        with torch.no_grad():
+        with torch.no_grad(), precision_context(precision, x.device):
             extra = (lambda s: {}) if observed is None else (lambda s: {"observed": observed[s:s + batch_size]})
             chunks = [
                 model.impute(x[s:s + batch_size], mask[s:s + batch_size], clusters[s:s + batch_size],
@@ -407,6 +440,8 @@ class Trainer:
         self._stop_reason: str | None = None
         # Rows per step of this run: TrainConfig.batch_size with "auto" resolved in fit.
         self.batch_size: int | None = None
+        # data.train_mask as 0/1 floats, made on the first imputation pass of a run.
+        self._train_weight: torch.Tensor | None = None
 
     def request_stop(self, reason: str = "callback") -> None:
         """Ask the run to end gracefully after the current epoch (best state kept).
@@ -493,6 +528,7 @@ class Trainer:
         bs = self.batch_size
         assert bs is not None
         clip = self.train_config.grad_clip
+        precision = self.train_config.precision
         lr = float(opt.param_groups[0]["lr"])
         steps = []
         for step in self._steps:
@@ -529,7 +565,8 @@ class Trainer:
             rows = xb.shape[0]
             extra = {} if observed is None else {"observed": observed[s:s + bs]}
             for step, step_opt, clipper in steps:
-                out = step.loss(xb, mb, cb, generator=gen, **extra)
+                with precision_context(precision, self.device):
+                    out = step.loss(xb, mb, cb, generator=gen, **extra)
                 step_opt.zero_grad(set_to_none=True)
                 out.loss.backward()
                 if clipper is not None:
@@ -600,12 +637,19 @@ class Trainer:
         imp = impute_all(
             self.model, x_current, data.train_mask, data.clusters,
             max(IMPUTE_CHUNK_ROWS, self.batch_size or 0), generator=self.generator,
-            observed=self._observed(data),
+            observed=self._observed(data), precision=self.train_config.precision, keep_observed=False,
         )
         # x_current equals data.x on training cells; take data.x explicitly anyway so
-        # observed values can never drift through repeated refits.
-        imp = torch.where(data.train_mask, data.x, imp)
-        if not bool(torch.isfinite(imp).all()):
+        # observed values can never drift through repeated refits. lerp with a 0/1 weight
+        # returns either end bit for bit (while their difference is finite; otherwise the
+        # check below fails the run) and is ~5x faster than a bool torch.where on CPU.
+        if self._train_weight is None or self._train_weight.shape != imp.shape:
+            self._train_weight = float_mask(data.train_mask, imp.dtype)
+        imp = torch.lerp(imp, data.x, self._train_weight)
+        # A finite sum proves every cell finite (a NaN or an infinity makes the sum NaN or
+        # infinite); only a non-finite sum, possibly an overflow, needs the cell-wise check,
+        # which costs ~4 times as much on [100k, 50].
+        if not math.isfinite(float(imp.sum())) and not bool(torch.isfinite(imp).all()):
             raise TrainingDivergedError(
                 f"The model produced NaN or infinite imputations after epoch {self.epoch} (loop {self.loop}); "
                 "lower TrainConfig.lr or enable TrainConfig.grad_clip (e.g. 5.0)."
@@ -666,6 +710,7 @@ class Trainer:
             return self._fit_closed_form(model, data, t0)
         if not any(p.requires_grad for p in model.parameters()):
             raise ValueError(f"{type(model).__name__} has no trainable parameters; nothing to train.")
+        check_precision(tc.precision, self.device)
         self._steps = _checked_steps(model)
         # Created once per run, one per update step; the refit phase only edits lr / gamma in place.
         # Where the fused kernel applies, a step's gradients share one buffer for the run and

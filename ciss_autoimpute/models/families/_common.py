@@ -139,9 +139,13 @@ class LatentModel(ImputationModel):
         widths = p["hidden_dims"]
         act = p["activation"]
         self.encoder = MLP(layout.n_features, widths, order_enc, n_clusters=n_clusters, activation=act)
-        self.latent = ClusterLinear(widths[-1], 2 * p["latent_dim"], n_clusters, shared=latent_shared)
+        self.latent = ClusterLinear(
+            widths[-1], 2 * p["latent_dim"], n_clusters, shared=latent_shared, float_output=True
+        )
         self.decoder = MLP(p["latent_dim"], widths[::-1], order_dec, n_clusters=n_clusters, activation=act)
-        self.output = ClusterLinear(widths[0], self.likelihood.n_params, n_clusters, shared=output_shared)
+        self.output = ClusterLinear(
+            widths[0], self.likelihood.n_params, n_clusters, shared=output_shared, float_output=True
+        )
         self._build_extra()
         self._needs_index = n_clusters > 1 and any(
             not m.shared for m in self.modules() if isinstance(m, ClusterLinear)

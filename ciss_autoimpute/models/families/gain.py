@@ -153,9 +153,9 @@ class GAIN(ImputationModel):
         self.n_units = n_units
         widths, act = p["hidden_dims"], p["activation"]
         self.generator_net = MLP(2 * d, widths, activation=act)
-        self.generator_out = ClusterLinear(widths[-1], self.likelihood.n_params)
+        self.generator_out = ClusterLinear(widths[-1], self.likelihood.n_params, float_output=True)
         self.discriminator_net = MLP(d + n_units, widths, activation=act)
-        self.discriminator_out = ClusterLinear(widths[-1], n_units)
+        self.discriminator_out = ClusterLinear(widths[-1], n_units, float_output=True)
         self.reset_parameters(self.seed)
 
     @classmethod

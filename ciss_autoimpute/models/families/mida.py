@@ -97,7 +97,7 @@ class MIDA(ImputationModel):
         self.encoder = MLP(d, self.widths, activation=p["activation"])
         dec_widths = self.widths[-2::-1]
         self.decoder = MLP(self.widths[-1], dec_widths, activation=p["activation"])
-        self.output = ClusterLinear(self.decoder.out_features, self.likelihood.n_params)
+        self.output = ClusterLinear(self.decoder.out_features, self.likelihood.n_params, float_output=True)
         self.reset_parameters(self.seed)
 
     @classmethod

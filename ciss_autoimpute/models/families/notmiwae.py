@@ -109,10 +109,10 @@ class MissingProcess(nn.Module):
             per_col = [1.0] * d if signs is None else [float(signs[c]) for c in col_of]
             self.register_buffer("signs", torch.tensor(per_col), persistent=False)
         elif kind == "linear":
-            self.net = ClusterLinear(d, n_units)
+            self.net = ClusterLinear(d, n_units, float_output=True)
         elif kind == "nonlinear":
             self.hidden = MLP(d, [hidden_dim], activation="tanh")
-            self.net = ClusterLinear(hidden_dim, n_units)
+            self.net = ClusterLinear(hidden_dim, n_units, float_output=True)
         else:  # pragma: no cover - checked by the model
             raise ValueError(f"Unknown missing_process {kind!r}; choose one of {list(MISSING_PROCESSES)}.")
 
