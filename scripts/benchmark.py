@@ -69,7 +69,11 @@ ALL_METHODS: tuple[str, ...] = (
     "hyperimpute",
     "cissvae_pkg",
     "cissvae_pkg_tuned",
+    "cissvae_pkg_ourclusters",
+    "cissvae_pkg_tuned_ourclusters",
 )
+#: The CISS-VAE package's methods (run through scripts/cissvae_runner.py in its venv).
+PACKAGE_METHODS = ("cissvae_pkg", "cissvae_pkg_tuned", "cissvae_pkg_ourclusters", "cissvae_pkg_tuned_ourclusters")
 #: What each method is, for the Markdown notes.
 METHOD_NOTES: dict[str, str] = {
     "oracle": "exact conditional mean E[x_mis | x_obs] under the true Gaussian (gaussian data only)",
@@ -80,6 +84,10 @@ METHOD_NOTES: dict[str, str] = {
     "hyperimpute": "HyperImpute 0.1.17 default plugin ('hyperimpute'), its own venv",
     "cissvae_pkg": "CISS-VAE package 1.1.2: run_cissvae with its defaults, its own venv",
     "cissvae_pkg_tuned": "CISS-VAE package: its autotune, same trial budget as ours, epochs sized as our 'cissvae' preset",
+    "cissvae_pkg_ourclusters": "CISS-VAE package: run_cissvae with its defaults, given the missingness clusters "
+                               "our ClusterDataset finds (its own Leiden clustering gives near-singleton "
+                               "clusters on MCAR masks, which makes it very slow)",
+    "cissvae_pkg_tuned_ourclusters": "CISS-VAE package: its autotune as cissvae_pkg_tuned, given our clusters",
     "ours_cissvae": "run_imputation(model='cissvae') with defaults",
     "ours_vae": "run_imputation(model='vae') with defaults",
     "ours_miwae": "run_imputation(model='miwae') with defaults",
@@ -595,10 +603,14 @@ def run_anchor(method, holed, categorical, seed, options, timeout, python):
     runner = HERE / ("hyperimpute_runner.py" if method == "hyperimpute" else "cissvae_runner.py")
     X, cats = to_codes(holed, categorical)
     opts: dict[str, Any] = {}
-    if method == "cissvae_pkg":
-        opts = {"mode": "run"}
-    elif method == "cissvae_pkg_tuned":
+    if method.startswith("cissvae_pkg_tuned"):
         opts = {"mode": "autotune", "n_trials": options.get("kwargs", {}).get("n_trials", 20), **CISSVAE_TUNE_SIZING}
+    elif method.startswith("cissvae_pkg"):
+        opts = {"mode": "run"}
+    if method.endswith("_ourclusters"):
+        from ciss_autoimpute import ClusterDataset
+
+        opts["clusters"] = ClusterDataset(holed, seed=seed).clusters.tolist()
     env = dict(os.environ)
     if options.get("threads"):
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -987,7 +999,7 @@ def main(argv: list[str] | None = None) -> int:
             if method == "oracle":
                 res = {"status": "ok", "imputed": from_codes(cm, holed, []), "info": {}, "seconds": 0.0,
                        "base_rss_mb": math.nan, "peak_rss_mb": math.nan}
-            elif method in ("hyperimpute", "cissvae_pkg", "cissvae_pkg_tuned"):
+            elif method == "hyperimpute" or method in PACKAGE_METHODS:
                 python = args.hyperimpute_python if method == "hyperimpute" else args.cissvae_python
                 res = run_anchor(method, holed, prob.categorical, cell.seed, options, args.run_timeout, python)
             elif args.in_process:

@@ -8,6 +8,8 @@ Called by ``scripts/benchmark.py`` as a subprocess (see ``scripts/setup_anchors.
 integer codes 0..k-1) and ``meta.json``:
 
 * ``columns``, ``categorical`` ({column: categories}), ``seed``;
+* ``options.clusters`` (optional): one cluster label per row, used instead of the
+  package's own clustering (``run_cissvae(clusters=...)``, or the autotune dataset's);
 * ``options.mode``: ``"run"`` — ``run_cissvae`` with the package's defaults (Leiden
   clustering on the missingness pattern, 500 epochs, up to 100 refit loops of 500 epochs,
   patience 2); or ``"autotune"`` — its ``autotune`` over its default ``SearchSpace``
@@ -102,15 +104,22 @@ def main(workdir: Path) -> int:
         if mode == "run":
             from ciss_vae.training.run_cissvae import run_cissvae
 
+            given = {} if options.get("clusters") is None else {"clusters": np.asarray(options["clusters"])}
             out = run_cissvae(
-                frame, seed=seed, device="cpu", print_dataset=False, return_model=False, verbose=False, **extra
+                frame, seed=seed, device="cpu", print_dataset=False, return_model=False, verbose=False,
+                **given, **extra,
             )
+            if given:
+                info["n_clusters"] = int(len(np.unique(given["clusters"])))
         elif mode == "autotune":
             from ciss_vae.classes.cluster_dataset import ClusterDataset
             from ciss_vae.training.autotune import SearchSpace, autotune
             from ciss_vae.utils.clustering import cluster_on_missing
 
-            clusters, silhouette = cluster_on_missing(frame, seed=seed)
+            if options.get("clusters") is not None:
+                clusters, silhouette = np.asarray(options["clusters"]), None
+            else:
+                clusters, silhouette = cluster_on_missing(frame, seed=seed)
             ds = ClusterDataset(frame, clusters, val_proportion=0.1, val_seed=seed, **extra)
             space = SearchSpace(
                 num_epochs=int(options.get("num_epochs", 1000)),

@@ -55,8 +55,8 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "silu": nn.SiLU,
 }
 
-#: Under autocast, cluster segments are multiplied over row windows rounded up to this
-#: many rows, so that bfloat16 kernels are compiled for a few shapes only.
+#: Under autocast on CPU, cluster segments are multiplied over row windows rounded up to
+#: this many rows, so that oneDNN compiles bfloat16 kernels for a few shapes only.
 AUTOCAST_ROW_QUANTUM = 128
 
 _ORDER_ALIASES = {"shared": "shared", "s": "shared", "unshared": "unshared", "u": "unshared"}
@@ -348,7 +348,7 @@ class ClusterLinear(nn.Module):
     def _segment_products(self, rows: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
         """``rows [n, in]`` sorted by cluster, ``counts`` rows per cluster: each segment's product.
 
-        Under ``torch.autocast`` (``precision="bf16-mixed"``) each segment is padded with
+        Under ``torch.autocast`` on CPU (``precision="bf16-mixed"``) each segment is padded with
         zero rows to a multiple of :data:`AUTOCAST_ROW_QUANTUM` and the product's padding
         rows are dropped. oneDNN compiles a kernel for every new bfloat16 shape (~10 ms
         each), and the segment sizes change with every batch; rounded, a handful of
@@ -359,7 +359,9 @@ class ClusterLinear(nn.Module):
         # unbind: one backward op (a stack) for all clusters, where indexing weight[c]
         # would allocate and add a zero-padded [C, in, out] gradient per cluster.
         weights, biases = self.weight.unbind(0), self.bias.unbind(0)
-        quantum = AUTOCAST_ROW_QUANTUM if torch.is_autocast_enabled(rows.device.type) else 0
+        # oneDNN (CPU) compiles per shape; GPU libraries do not, so exact segments there.
+        cpu_autocast = rows.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+        quantum = AUTOCAST_ROW_QUANTUM if cpu_autocast else 0
         outs = []
         # Without gradients, a window of neighbouring rows replaces the padded copy.
         borrow = quantum and not (torch.is_grad_enabled() and (rows.requires_grad or self.weight.requires_grad))
