@@ -180,7 +180,8 @@ def test_a_killed_worker_trial_is_failed_retried_and_counted_once(postgres_url, 
     study = _load(postgres_url, "killed")
     while doomed is None and time.monotonic() < deadline and victim.poll() is None:
         running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-        doomed = next((t.number for t in running if _pid(t) == victim.pid), None)
+        # Once its parameters are drawn: a trial killed before that has none to hand to its retry.
+        doomed = next((t.number for t in running if _pid(t) == victim.pid and t.params), None)
         time.sleep(0.2)
     assert doomed is not None, "the victim never started a trial"
     survivor = _start_worker(postgres_url, "killed", "--study-trials", n, "--heartbeat", 1)
