@@ -192,6 +192,9 @@ def test_cell_grid_and_method_filter(bench):
     cells = bench.build_cells(problems, ["mcar", "mnar"], [0.3, 0.5], [0])
     assert [(c.dataset, c.mechanism, c.rate) for c in cells] == [
         ("gaussian", "mcar", 0.3), ("pima_like", "real", bench.REAL_HOLDOUT), ("gaussian", "mcar", 0.5)]
-    m = bench.methods_for(bench.Cell("concrete", "mcar", 0.3, 0), ["oracle", "mean", "ours_autotune_mnar"])
+    m = bench.methods_for(bench.Cell("concrete", "mcar", 0.3, 0),
+                          ["oracle", "mean", "ours_autotune_mnar", "ours_notmiwae_known"])
     assert m == ["mean"]
+    m = bench.methods_for(bench.Cell("concrete", "mnar", 0.3, 0), ["mean", "ours_notmiwae_known"])
+    assert m == ["mean", "ours_notmiwae_known"]
     assert json.dumps(bench.METHOD_NOTES)  # every note serialisable for the docs
