@@ -271,7 +271,7 @@ class Imputer(TransformerMixin, BaseEstimator):
         self, frame: pd.DataFrame, values: np.ndarray, observed: np.ndarray, clusters: Any
     ) -> torch.Tensor:
         """Encoded imputations of ``frame`` (``values``/``observed`` from ``schema_.encode``)."""
-        from .training import impute_all
+        from .training import configs_from_dict, impute_all
 
         labels = self._assign(frame, clusters)
         dev = _model_device(self.model_)
@@ -283,7 +283,7 @@ class Imputer(TransformerMixin, BaseEstimator):
         # A closed-form family reads only the observed cells, so refilling changes nothing.
         rounds = int(self.transform_iterations) if getattr(self.model_, "trainable", True) else 1
         # The precision the model was trained in (TrainConfig.precision) also imputes new rows.
-        precision = dict(self.train_params or {}).get("precision", "32")
+        precision = configs_from_dict(dict(self.train_params or {}))[0].precision
         for _ in range(rounds):
             x = impute_all(self.model_, x, obs, lab, generator=gen, precision=precision)
         return x

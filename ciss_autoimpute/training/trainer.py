@@ -37,7 +37,7 @@ from ..models.base import ImputationModel, UpdateStep
 from ..models.likelihoods import float_mask
 from .callbacks import Callback, History, history_frame
 from ._flat import FlatAdam, FlatGrads, can_flatten
-from .config import RefitConfig, TrainConfig, resolve_batch_size
+from .config import PRECISIONS, RefitConfig, TrainConfig, resolve_batch_size
 from .metrics import MetricWeights, ValidationScore, held_out_counts, validation_score
 
 __all__ = ["Trainer", "TrainResult", "impute_all", "precision_context", "resolve_device"]
@@ -74,10 +74,10 @@ def precision_context(precision: str, device: torch.device | str) -> contextlib.
     matrix products run in bfloat16 on float32 weights; the models' output layers
     return float32, so likelihoods and bounds are computed in float32.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}.")
     if precision == "32":
         return contextlib.nullcontext()
-    if precision != "bf16-mixed":
-        raise ValueError(f'precision must be "32" or "bf16-mixed", got {precision!r}.')
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
