@@ -11,6 +11,7 @@ from ciss_autoimpute.models.layers import (
     MLP,
     ClusterIndex,
     ClusterLinear,
+    _SegmentLinear,
     make_activation,
     normalise_layer_order,
 )
@@ -220,3 +221,37 @@ def test_grouped_index_checks_its_counts_and_rows():
         layer(torch.zeros(4, 3), ClusterIndex.grouped([1, 2], 2))
     # No rows at all: an empty result of the right width.
     assert layer(torch.zeros(0, 3), ClusterIndex.grouped([0, 0], 2)).shape == (0, 2)
+
+
+def test_segment_products_are_one_node_with_exact_gradients():
+    # The float32 segment path runs as one autograd node that writes every segment's product
+    # (and, backwards, every segment's gradients) into one buffer: the values must be those of
+    # one addmm per segment joined by cat, bit for bit, and the gradients check numerically.
+    g = torch.Generator().manual_seed(11)
+    layer = _layer(6, 5, 4, shared=False, seed=2)
+    counts = (3, 0, 5, 2)  # cluster 1 absent from the batch
+    x = torch.randn(10, 6, generator=g, requires_grad=True)
+    out = layer(x, ClusterIndex.grouped(counts, 4))
+    assert out.grad_fn is not None and "SegmentLinear" in type(out.grad_fn).__name__
+    weight, bias = layer.weight.detach(), layer.bias.detach()
+    want = torch.cat([torch.addmm(bias[c], seg, weight[c]) for c, seg in enumerate(x.detach().split(counts)) if len(seg)])
+    assert torch.equal(out, want)
+    upstream = torch.randn(10, 5, generator=g)
+    out.backward(upstream)
+    assert torch.count_nonzero(layer.weight.grad[1]) == 0 and torch.count_nonzero(layer.bias.grad[1]) == 0
+    start = 0
+    for c, size in enumerate(counts):
+        rows, up = x.detach()[start:start + size], upstream[start:start + size]
+        if size:
+            assert torch.equal(layer.weight.grad[c], rows.t() @ up)
+        torch.testing.assert_close(x.grad[start:start + size], up @ weight[c].t())
+        start += size
+    # Finite differences in float64, through the input, the weights and the biases.
+    xd = torch.randn(7, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    wd = torch.randn(3, 4, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    bd = torch.randn(3, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, w, b: _SegmentLinear.apply(a, w, b, (2, 0, 5)), (xd, wd, bd))
+    # No gradient wanted for the input (first layer of a stack): none computed.
+    layer.zero_grad()
+    layer(x.detach(), ClusterIndex.grouped(counts, 4)).sum().backward()
+    torch.testing.assert_close(layer.bias.grad[2], torch.full((5,), 5.0))

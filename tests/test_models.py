@@ -525,6 +525,36 @@ def test_missing_sensitivity_of_the_processes():
         nonlinear.compute_missing_sensitivity(x[:, :3])
 
 
+@pytest.mark.parametrize("kind", ["selfmasking", "selfmasking_known_signs"])
+@pytest.mark.parametrize("samples", [(), (3,)])
+def test_self_masking_log_prob_matches_the_bernoulli_formula_in_value_and_gradient(kind, samples):
+    # Numeric columns only: log p(s|x) runs as one fused node (_SelfMaskingLogProb). It must
+    # equal -BCE-with-logits of l = W (b - x) summed per row, with the same gradients.
+    from ciss_autoimpute.models.families.notmiwae import MissingProcess, _SelfMaskingLogProb
+
+    g = gen(7)
+    process = MissingProcess(FeatureLayout.all_numeric(4), kind, signs=[1, -1, 1, -1]).double()
+    with torch.no_grad():
+        process.w.copy_(torch.randn(4, generator=g, dtype=torch.float64))
+        process.b.copy_(torch.randn(4, generator=g, dtype=torch.float64))
+    x = (3 * torch.randn(*samples, 9, 4, generator=g, dtype=torch.float64)).requires_grad_(True)
+    s = torch.rand(9, 4, generator=g) > 0.4
+    got = process.log_prob(x, s)
+    assert got.shape == (*samples, 9) and got.grad_fn is not None and "SelfMasking" in type(got.grad_fn).__name__
+    logits = process.slopes() * (process.b - x)
+    want = -torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, s.double().expand_as(logits), reduction="none").sum(-1)
+    torch.testing.assert_close(got, want)
+    upstream = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    grads = torch.autograd.grad(got, (x, process.w, process.b), upstream)
+    expected = torch.autograd.grad(want, (x, process.w, process.b), upstream)
+    for a, e in zip(grads, expected):
+        torch.testing.assert_close(a, e)
+    c = process.slopes().detach() * (2 * s.double() - 1)
+    inputs = (x, process.b.detach().clone().requires_grad_(True), c.requires_grad_(True))
+    assert torch.autograd.gradcheck(_SelfMaskingLogProb.apply, inputs)
+
+
 def _self_masked_gaussians(n=2000, seed=0):
     """Four correlated Gaussians; above-mean values of x0 and x1 go missing with prob. 0.8.
 
@@ -652,3 +682,54 @@ def test_fused_gaussian_log_prob_matches_the_elementwise_formula(head):
     scale = math.exp(0.5) if head == "gaussian" else 1.0
     expected = -0.5 * (1.0 / scale) ** 2 - math.log(scale) - HALF_LOG_2PI
     assert lik.log_prob(one, cell, observed).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_cissvae_takes_a_cluster_sorted_batch_as_it_is_with_the_same_imputations():
+    # The Trainer sorts training batches by cluster for cissvae (sorts_batches_by_cluster):
+    # group_rows then permutes nothing, and the results are those of the unsorted batch.
+    model = build("cissvae", n_clusters=2)
+    assert model.sorts_batches_by_cluster and not build("vae").sorts_batches_by_cluster
+    assert not build("cissvae", n_clusters=1).sorts_batches_by_cluster
+    x, mask, clusters, _ = mixed_batch()
+    order = torch.argsort(clusters, stable=True)
+    xs, ms, cs = x[order], mask[order], clusters[order]
+    same_x, same_mask, index, none = model.group_rows(xs, ms, cs)
+    assert none is None and same_x is xs and same_mask is ms and index.is_grouped
+    assert index.counts == tuple(torch.bincount(clusters, minlength=2).tolist())
+    _, _, _, perm = model.group_rows(x, mask, clusters)
+    assert torch.equal(perm, order)
+    torch.testing.assert_close(model.impute(xs, ms, cs), model.impute(x, mask, clusters)[order])
+    assert torch.isfinite(model.loss(xs, ms, cs, generator=gen()).loss)
+
+
+def test_gaussian_head_split_is_one_node_with_the_sliced_values_and_gradients():
+    # All-numeric data with a learned scale: split() returns (mean, clamped log-scale) from one
+    # autograd node whose backward concatenates the two gradients once. Values and gradients
+    # must be those of slicing raw and clamping the second half with hardtanh.
+    from ciss_autoimpute.models.likelihoods import LOG_SCALE_MAX, LOG_SCALE_MIN, _GaussianHead
+
+    head = MixedLikelihood(FeatureLayout.all_numeric(3), "gaussian")
+    g = gen(5)
+    raw = (6 * torch.randn(2, 7, 6, generator=g, dtype=torch.float64)).requires_grad_(True)
+    assert (raw[..., 3:] < LOG_SCALE_MIN).any() and (raw[..., 3:] > LOG_SCALE_MAX).any()  # clamps bite
+    p = head.split(raw)
+    assert "GaussianHead" in type(p["mean"].grad_fn).__name__
+    torch.testing.assert_close(p["mean"], raw[..., :3])
+    torch.testing.assert_close(p["log_scale"], raw[..., 3:].clamp(LOG_SCALE_MIN, LOG_SCALE_MAX))
+    up_mean, up_scale = torch.randn(2, 7, 3, generator=g, dtype=torch.float64), torch.randn(2, 7, 3, generator=g,
+                                                                                            dtype=torch.float64)
+    (got,) = torch.autograd.grad((p["mean"] * up_mean).sum() + (p["log_scale"] * up_scale).sum(), raw)
+    sliced = raw[..., :3], torch.nn.functional.hardtanh(raw[..., 3:], LOG_SCALE_MIN, LOG_SCALE_MAX)
+    (want,) = torch.autograd.grad((sliced[0] * up_mean).sum() + (sliced[1] * up_scale).sum(), raw)
+    torch.testing.assert_close(got, want)
+    # Only one block used: the other gets a zero gradient.
+    (only_mean,) = torch.autograd.grad(head.split(raw)["mean"].sum(), raw)
+    assert torch.equal(only_mean[..., 3:], torch.zeros(2, 7, 3, dtype=torch.float64))
+    inside = (0.5 * torch.randn(4, 6, generator=g, dtype=torch.float64)).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda r: _GaussianHead.apply(r, 3), (inside,))
+    # Without gradients (imputation) the blocks stay plain slices.
+    with torch.no_grad():
+        assert head.split(raw)["mean"]._base is raw
+    # The bound is unchanged by handing log_prob the blocks it would split itself.
+    x, mask = torch.randn(7, 3, generator=g, dtype=torch.float64), torch.rand(7, 3, generator=g) > 0.3
+    torch.testing.assert_close(head.log_prob(raw, x, mask, params=head.split(raw)), head.log_prob(raw, x, mask))

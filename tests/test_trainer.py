@@ -312,6 +312,42 @@ def test_every_row_seen_exactly_once_per_epoch_in_a_fresh_order():
     assert not torch.equal(orders[0], orders[1])
 
 
+@pytest.mark.parametrize("n_clusters", [1, 3])
+def test_batches_come_sorted_by_cluster_when_the_model_asks_and_hold_the_same_rows(n_clusters):
+    # A model that groups rows by cluster (cissvae) gets every training batch with its rows
+    # in cluster order; the batches hold the same rows as they would unsorted.
+    n, d, bs = 70, 2, 16
+    x = torch.stack([torch.arange(n, dtype=torch.float32), torch.zeros(n)], dim=1)
+    observed = torch.ones(n, d, dtype=torch.bool)
+    clusters = torch.randint(0, n_clusters, (n,), generator=torch.Generator().manual_seed(4))
+    data = EncodedData(x=x, observed=observed, train_mask=observed, val_mask=torch.zeros_like(observed),
+                       x_val=torch.zeros(n, d), clusters=clusters, n_clusters=n_clusters,
+                       layout=FeatureLayout.all_numeric(d))
+    seen: dict[bool, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    for sorts in (False, True):
+        batches = seen[sorts] = []
+
+        class Spy(TinyAE):
+            sorts_batches_by_cluster = sorts
+
+            def loss(self, x, mask, clusters, *, generator=None):
+                batches.append((x[:, 0].clone(), clusters.clone()))
+                return super().loss(x, mask, clusters, generator=generator)
+
+        Trainer(Spy(data.layout, n_clusters), TrainConfig(epochs=2, batch_size=bs), RefitConfig(max_loops=0),
+                seed=3, device="cpu").fit(data)
+    assert len(seen[True]) == len(seen[False]) == 2 * math.ceil(n / bs)
+    for (rows, ids), (plain_rows, plain_ids) in zip(seen[True], seen[False]):
+        assert torch.equal(rows.sort().values, plain_rows.sort().values)
+        assert torch.equal(ids, clusters[rows.long()])
+        assert bool((ids[1:] >= ids[:-1]).all())
+        # Within a cluster the rows keep the shuffled order (a stable sort).
+        for c in range(n_clusters):
+            assert torch.equal(rows[ids == c], plain_rows[plain_ids == c])
+    if n_clusters > 1:
+        assert any(not torch.equal(a[0], b[0]) for a, b in zip(seen[True], seen[False]))
+
+
 # --------------------------------------------------------------------------- refit loop
 def test_best_loop_state_and_imputations_are_kept_not_the_last():
     data = make_data(val_value=0.0)  # held-out truth 0: each loop's score is |offset|

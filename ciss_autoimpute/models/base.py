@@ -94,6 +94,15 @@ class ImputationModel(nn.Module, abc.ABC):
     #: True when single imputations are importance-weighted (MIWAE, not-MIWAE).
     importance_weighted: ClassVar[bool] = False
 
+    @property
+    def sorts_batches_by_cluster(self) -> bool:
+        """True when :meth:`loss` works faster on a batch whose rows come sorted by cluster.
+
+        The :class:`~ciss_autoimpute.training.Trainer` then orders the rows of each
+        training batch by cluster id (the batches hold the same rows). False by default.
+        """
+        return False
+
     layout: FeatureLayout
     n_clusters: int
     seed: int

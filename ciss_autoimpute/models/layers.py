@@ -356,11 +356,13 @@ class ClusterLinear(nn.Module):
         weight gradient. Without gradients the window borrows neighbouring rows instead
         of copying the segment. Float32 products run on the exact segments.
         """
+        # oneDNN (CPU) compiles per shape; GPU libraries do not, so exact segments there.
+        cpu_autocast = rows.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+        if not cpu_autocast and not torch.is_autocast_enabled(rows.device.type) and rows.dtype == self.weight.dtype:
+            return _SegmentLinear.apply(rows, self.weight, self.bias, tuple(counts))
         # unbind: one backward op (a stack) for all clusters, where indexing weight[c]
         # would allocate and add a zero-padded [C, in, out] gradient per cluster.
         weights, biases = self.weight.unbind(0), self.bias.unbind(0)
-        # oneDNN (CPU) compiles per shape; GPU libraries do not, so exact segments there.
-        cpu_autocast = rows.device.type == "cpu" and torch.is_autocast_enabled("cpu")
         quantum = AUTOCAST_ROW_QUANTUM if cpu_autocast else 0
         outs = []
         # Without gradients, a window of neighbouring rows replaces the padded copy.
@@ -408,6 +410,63 @@ class ClusterLinear(nn.Module):
         if not outs:
             return x.new_zeros(*x.shape[:-1], self.out_features)
         return torch.cat(outs, dim=-2) if len(outs) > 1 else outs[0]
+
+
+class _SegmentLinear(torch.autograd.Function):
+    """Cluster-specific products over the row segments of cluster-sorted rows, as one graph node.
+
+    ``rows [n, in]`` (sorted by cluster), ``weight [C, in, out]``, ``bias [C, out]``,
+    ``counts`` rows per cluster. The forward writes each segment's ``addmm`` into its
+    rows of one output, and the backward each segment's input gradient into its rows
+    of one buffer and each cluster's weight gradient into its slice of one
+    ``[C, in, out]`` tensor. The same products as one ``addmm`` per segment joined by
+    ``cat`` (the values are identical), without the concatenations, the per-cluster
+    weight views and their stacked gradients, and one autograd node per segment.
+    """
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,  # type: ignore[override]
+                counts: tuple[int, ...]) -> torch.Tensor:
+        rows = rows.contiguous()
+        out = rows.new_empty(rows.shape[0], weight.shape[2])
+        # split / unbind: every segment's view in one call (this loop's Python cost counts).
+        for size, x, y, w, b in zip(counts, rows.split(counts), out.split(counts), weight.unbind(0), bias.unbind(0)):
+            if size:
+                torch.addmm(b, x, w, out=y)
+        ctx.save_for_backward(rows, weight)
+        ctx.counts = counts
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        rows, weight = ctx.saved_tensors
+        counts = ctx.counts
+        grad = grad.contiguous()
+        need_rows, need_weight, need_bias, _ = ctx.needs_input_grad
+        n_clusters = weight.shape[0]
+        grad_rows = rows.new_empty(rows.shape) if need_rows else None
+        grad_weight = torch.empty_like(weight) if need_weight else None
+        grad_bias = weight.new_empty(n_clusters, weight.shape[2]) if need_bias else None
+        none = (None,) * n_clusters
+        for size, g, x, w, gx, gw, gb in zip(
+            counts, grad.split(counts), rows.split(counts), weight.unbind(0),
+            none if grad_rows is None else grad_rows.split(counts),
+            none if grad_weight is None else grad_weight.unbind(0),
+            none if grad_bias is None else grad_bias.unbind(0),
+        ):
+            if not size:
+                # A cluster absent from the batch gets a zero gradient.
+                for buffer in (gw, gb):
+                    if buffer is not None:
+                        buffer.zero_()
+                continue
+            if gx is not None:
+                torch.mm(g, w.t(), out=gx)
+            if gw is not None:
+                torch.mm(x.t(), g, out=gw)
+            if gb is not None:
+                torch.sum(g, 0, out=gb)
+        return grad_rows, grad_weight, grad_bias, None
 
 
 def _index_for(clusters: torch.Tensor, lead: torch.Size, n_clusters: int) -> ClusterIndex:

@@ -188,6 +188,34 @@ class _GaussianRowLogLik(torch.autograd.Function):
         return (d_mean if ctx.needs_input_grad[0] else None), d_scale, None, None
 
 
+class _GaussianHead(torch.autograd.Function):
+    """``raw [..., 2 * n]`` -> (``mean``, clamped ``log_scale``), each ``[..., n]``, as one node.
+
+    The same values as slicing ``raw`` and clamping the second half with ``hardtanh``.
+    Autograd would give each slice a backward that zero-fills a gradient of ``raw``'s
+    full shape and copies its part in, then add the two; here the two gradients are
+    concatenated once. A model that reads the blocks twice (not-MIWAE: the likelihood
+    and the draws) would otherwise pay that twice per block.
+    """
+
+    @staticmethod
+    def forward(ctx, raw: torch.Tensor, n: int):  # type: ignore[override]
+        raw_scale = raw[..., n:]
+        ctx.save_for_backward(raw_scale)
+        return raw[..., :n].clone(), F.hardtanh(raw_scale, LOG_SCALE_MIN, LOG_SCALE_MAX)
+
+    @staticmethod
+    def backward(ctx, grad_mean: torch.Tensor | None, grad_scale: torch.Tensor | None):  # type: ignore[override]
+        (raw_scale,) = ctx.saved_tensors
+        if grad_mean is None:
+            grad_mean = torch.zeros_like(raw_scale)
+        if grad_scale is None:
+            grad_scale = torch.zeros_like(raw_scale)
+        else:
+            grad_scale = torch.ops.aten.hardtanh_backward(grad_scale, raw_scale, LOG_SCALE_MIN, LOG_SCALE_MAX)
+        return torch.cat([grad_mean, grad_scale], dim=-1), None
+
+
 def _group_firsts(layout: FeatureLayout) -> list[int]:
     """First encoded column of each categorical group."""
     return [start for start, _ in layout.categorical]
@@ -245,6 +273,8 @@ class MixedLikelihood(nn.Module):
         self.n_groups = len(layout.categorical)
         per_numeric = {"gaussian": 2, "gaussian_fixed": 1, "student_t": 3}[numeric]
         self.n_params = per_numeric * n_num + n_bin + n_cat
+        # Numeric columns with a learned Gaussian scale only: split() runs as one node.
+        self._gaussian_only = numeric == "gaussian" and not n_bin and not n_cat
         self._per_numeric = per_numeric
 
         def buf(name: str, values: list[int]) -> None:
@@ -303,6 +333,10 @@ class MixedLikelihood(nn.Module):
                 f"raw decoder output has {raw.shape[-1]} parameters per row, the likelihood needs {self.n_params}."
             )
         n_num = self.n_num
+        if self._gaussian_only and raw.requires_grad and torch.is_grad_enabled():
+            mean, log_scale = _GaussianHead.apply(raw, n_num)
+            empty = raw.new_zeros((*raw.shape[:-1], 0))
+            return {"mean": mean, "log_scale": log_scale, "bin_logit": empty, "cat_logit": empty}
         out: dict[str, torch.Tensor] = {"mean": raw[..., :n_num]}
         pos = n_num
         if self.numeric in ("gaussian", "student_t"):
@@ -366,11 +400,15 @@ class MixedLikelihood(nn.Module):
         return t.index_select(-1, buffer)
 
     # ------------------------------------------------------------------ log-likelihood
-    def log_prob_units(self, raw: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def log_prob_units(
+        self, raw: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, *, params: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
         """Masked per-cell log-likelihoods: ``numeric [..., n, n_num]``,
         ``binary [..., n, n_bin]``, ``categorical [..., n, n_groups]`` (0 where not observed).
+
+        ``params``: ``split(raw)`` when the caller already has it (it is not recomputed).
         """
-        p = self.split(raw)
+        p = self.split(raw) if params is None else params
         mask = mask.bool()
         # Masking multiplies by a float copy of the mask: the same values as multiplying by
         # the bool mask, but elementwise ops mixing bool and float are several times slower
@@ -422,21 +460,24 @@ class MixedLikelihood(nn.Module):
             out["categorical"] = raw.new_zeros((*raw.shape[:-1], 0))
         return out
 
-    def log_prob(self, raw: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def log_prob(
+        self, raw: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, *, params: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """Log-likelihood of the cells where ``mask`` is true, summed per row: ``[..., n]``.
 
         A categorical group counts once (its mask is read at its first column).
+        ``params``: ``split(raw)`` when the caller already has it.
         """
         if self.numeric != "student_t" and not x.requires_grad and not self.n_bin and not self.n_groups:
             # All-numeric Gaussian data (the common case): one fused op with a hand-written
             # backward instead of ~10 small elementwise ops and their autograd nodes.
-            p = self.split(raw)
+            p = self.split(raw) if params is None else params
             mask_f = float_mask(mask.bool(), raw.dtype)
             x = zero_unobserved(x, mask_f)
             x_num = self._take(x, "numeric")
             m_num = self._take(mask_f, "numeric")
             return _GaussianRowLogLik.apply(p["mean"], p.get("log_scale"), x_num, m_num)
-        parts = self.log_prob_units(raw, x, mask)
+        parts = self.log_prob_units(raw, x, mask, params=params)
         total = parts["numeric"].sum(-1)
         # Empty blocks add exactly zero; leaving them out saves ops, not accuracy.
         if self.n_bin:
@@ -478,14 +519,16 @@ class MixedLikelihood(nn.Module):
         generator: torch.Generator,
         *,
         numeric_noise: bool = True,
+        params: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """One draw per row ``[..., n, d]``: numeric values, binary 0/1, categorical one-hot.
 
         Numeric draws are reparameterised (differentiable in the mean and scale);
         binary and categorical draws carry no gradient. With ``numeric_noise=False``
-        numeric cells get the mean instead of a draw.
+        numeric cells get the mean instead of a draw. ``params``: ``split(raw)`` when the
+        caller already has it.
         """
-        p = self.split(raw)
+        p = self.split(raw) if params is None else params
         mu = p["mean"]
         dev, dt = raw.device, raw.dtype
         if not numeric_noise:

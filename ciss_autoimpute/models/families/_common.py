@@ -152,6 +152,14 @@ class LatentModel(ImputationModel):
         )
         self.reset_parameters(self.seed)
 
+    @property
+    def sorts_batches_by_cluster(self) -> bool:
+        """True when a cluster-specific layer is used and :meth:`group_rows` does the sorting."""
+        return self._needs_index and self._groups_rows
+
+    #: Families whose loss calls :meth:`group_rows` (the VAE family) set this.
+    _groups_rows: bool = False
+
     #: True when the family models which cells go missing, ``p(s | x)`` (not-MIWAE);
     #: conditional samplers then also weight their draws by :meth:`missingness_log_prob`.
     models_missingness: bool = False
@@ -223,12 +231,16 @@ class LatentModel(ImputationModel):
         backward pass) itself. Per-row random draws are still made in the caller's
         row order and permuted (see :meth:`reparameterise`), so results equal those
         of the unsorted batch up to float rounding; row-wise outputs must be put back
-        with :func:`unsort_rows`.
+        with :func:`unsort_rows`. A batch already sorted by cluster is returned as it is,
+        with ``order`` None.
         """
         if not self._needs_index:
             return x, mask, None, None
-        order = torch.argsort(clusters, stable=True)
         counts = torch.bincount(clusters, minlength=self.n_clusters).tolist()
+        if clusters.shape[0] < 2 or bool((clusters[1:] >= clusters[:-1]).all()):
+            # Already sorted (the Trainer sorts training batches): nothing to permute.
+            return x, mask, ClusterIndex.grouped(counts, self.n_clusters, clusters), None
+        order = torch.argsort(clusters, stable=True)
         # The sorted ids themselves are rebuilt from the counts only if a layer asks for them.
         index = ClusterIndex.grouped(counts, self.n_clusters, device=clusters.device)
         return x.index_select(0, order), mask.index_select(0, order), index, order

@@ -97,7 +97,8 @@ class MIWAE(LatentModel):
     ) -> dict[str, torch.Tensor]:
         """``n_samples`` importance samples per row.
 
-        Returns a dict with ``raw [K, n, n_params]`` (decoder output), ``log_px``,
+        Returns a dict with ``raw [K, n, n_params]`` (decoder output), ``params`` (its
+        :meth:`~ciss_autoimpute.models.likelihoods.MixedLikelihood.split`), ``log_px``,
         ``log_pz``, ``log_qz`` and ``log_w`` (each ``[K, n]``), plus whatever the
         family adds in :meth:`_log_weights`. ``observed`` (cells observed in the data,
         held-out ones included; ``None`` means ``mask``) is kept as ``s["observed"]``
@@ -107,9 +108,12 @@ class MIWAE(LatentModel):
         mu, logvar = self.encode(x, index)
         z = self.reparameterise(mu, logvar, generator, n_samples=n_samples)
         raw = self.decode(z, None if index is None else index.expand(n_samples))
+        # Split once: not-MIWAE's draws read the same blocks as the likelihood.
+        params = self.likelihood.split(raw)
         s = {
             "raw": raw,
-            "log_px": self.likelihood.log_prob(raw, x, mask),
+            "params": params,
+            "log_px": self.likelihood.log_prob(raw, x, mask, params=params),
             "log_pz": standard_normal_log_prob(z),
             "log_qz": gaussian_log_prob(z, mu, logvar),
             "observed": mask if observed is None else observed,
@@ -128,7 +132,9 @@ class MIWAE(LatentModel):
 
     def _draws(self, s: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
         """Per-sample draws resampled by :meth:`sample_imputations` ``[K, n, d]``."""
-        return self.likelihood.sample(s["raw"], generator, numeric_noise=self.likelihood.learns_scale)
+        return self.likelihood.sample(
+            s["raw"], generator, numeric_noise=self.likelihood.learns_scale, params=s["params"]
+        )
 
     @staticmethod
     def _check_observed(observed: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor | None:

@@ -70,6 +70,7 @@ class VAE(LatentModel):
     """
 
     name = "vae"
+    _groups_rows = True
 
     def __init__(self, layout: FeatureLayout, n_clusters: int = 1, *, seed: int = 0, **params: Any) -> None:
         super().__init__(layout, n_clusters, seed=seed, **params)
