@@ -80,7 +80,7 @@ def run_imputation(
     model
         ``"auto"`` runs a small, time-bounded search over the ``quick`` preset (every
         built-in family for ignorable missingness, the classical baselines ``mean``,
-        ``knn``, ``mice`` and ``missforest`` evaluated first) and returns the best trial,
+        ``em``, ``knn``, ``mice`` and ``missforest`` evaluated first) and returns the best trial,
         or the weighted average of several trials when that beats it on the holdout
         (an :class:`~ciss_autoimpute.ensemble.EnsembleImputer`; ``model`` of the result
         is then ``"ensemble"``). A family name (see

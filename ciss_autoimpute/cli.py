@@ -760,7 +760,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="where to write the completed table")
     p.add_argument("--model", default="auto",
                    help="'auto' (a short search over the quick preset's families, possibly an ensemble; the default) or a family: cissvae, vae, "
-                        "miwae, notmiwae, gain, mida, mean, knn, mice, missforest")
+                        "miwae, notmiwae, gain, mida, mean, em, knn, mice, missforest")
     p.add_argument("--time-budget", type=_positive_float, metavar="SECONDS",
                    help="seconds for --model auto (default 120)")
     p.add_argument("--trials", type=_positive_int, metavar="N", help="trials for --model auto (default 12)")

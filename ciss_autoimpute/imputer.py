@@ -49,7 +49,7 @@ class Imputer(TransformerMixin, BaseEstimator):
     model
         A registered family name: the deep families (``"cissvae"``, ``"vae"``,
         ``"miwae"``, ``"notmiwae"``, ...) or the classical baselines (``"mean"``,
-        ``"knn"``, ``"mice"``, ``"missforest"``, fitted once in closed form); see
+        ``"em"``, ``"knn"``, ``"mice"``, ``"missforest"``, fitted once in closed form); see
         :func:`ciss_autoimpute.available_models`.
     model_params
         Hyperparameters of the family; anything left out takes the family's default.
@@ -342,7 +342,7 @@ class Imputer(TransformerMixin, BaseEstimator):
             (Metropolis-within-Gibbs), ``"pseudo_gibbs"`` or ``"sir"`` (sampling
             importance resampling; MIWAE and not-MIWAE only). ``None``: ``"sir"`` for
             the importance-weighted families, ``"lair"`` for the other latent-variable
-            families, and for the classical families (``mean``, ``knn``, ``mice``,
+            families, and for the classical families (``mean``, ``em``, ``knn``, ``mice``,
             ``missforest``; no latent space, so they accept only ``None``) their own
             draws (:meth:`~ciss_autoimpute.models.families.classical.ClassicalModel.sample_imputations`).
         seed

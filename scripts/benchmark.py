@@ -63,6 +63,7 @@ ALL_METHODS: tuple[str, ...] = (
     "ours_cissvae",
     "ours_vae",
     "ours_miwae",
+    "ours_em",
     "ours_notmiwae",
     "ours_notmiwae_known",
     "ours_autotune",
@@ -92,6 +93,7 @@ METHOD_NOTES: dict[str, str] = {
     "ours_cissvae": "run_imputation(model='cissvae') with defaults",
     "ours_vae": "run_imputation(model='vae') with defaults",
     "ours_miwae": "run_imputation(model='miwae') with defaults",
+    "ours_em": "run_imputation(model='em') with defaults (multivariate normal by EM, conditional means)",
     "ours_notmiwae": "run_imputation(model='notmiwae') with defaults (self-masking missing process)",
     "ours_notmiwae_known": "not-MIWAE told the direction: missing_process='selfmasking_known_signs' with the "
                            "default signs (+1: high values go missing, as in every MNAR cell here; MNAR cells only)",
@@ -521,6 +523,7 @@ IN_PROCESS: dict[str, Callable] = {
     "ours_cissvae": _ours_single("cissvae"),
     "ours_vae": _ours_single("vae"),
     "ours_miwae": _ours_single("miwae"),
+    "ours_em": _ours_single("em"),
     "ours_notmiwae": _ours_single("notmiwae"),
     "ours_notmiwae_known": _ours_single("notmiwae", {"missing_process": "selfmasking_known_signs"}),
     "ours_autotune": _ours_autotune("default"),

@@ -288,18 +288,18 @@ def test_default_preset_study_picks_missforest_where_it_wins():
     families = {name: {} for name in default.family_names}
     families["missforest"] = {"n_estimators": 20, "max_iter": 3}
     space = SearchSpace(families, train={"epochs": 5, "max_loops": 1, "epochs_per_loop": 2, "batch_size": 128})
-    tuned = autotune(space, ds, n_trials=6, seed=0, show_progress=False)
+    tuned = autotune(space, ds, n_trials=7, seed=0, show_progress=False)
     assert tuned.best_config["model"] == "missforest"
     trials = tuned.trials
-    first = trials.sort_values("number").head(4)
-    # Warm start: the classical defaults first, cheapest first, never pruned.
-    assert list(first["user_attrs_model"]) == ["mean", "knn", "mice", "missforest"]
+    first = trials.sort_values("number").head(5)
+    # Warm start: the classical defaults first, cheapest first (ties by name), never pruned.
+    assert list(first["user_attrs_model"]) == ["mean", "em", "knn", "mice", "missforest"]
     assert (first["state"] == "COMPLETE").all()
-    assert list(first["user_attrs_warm_start"]) == ["mean", "knn", "mice", "missforest"]
+    assert list(first["user_attrs_warm_start"]) == ["mean", "em", "knn", "mice", "missforest"]
     # The trials table shows how each family fared; the deep ones lose here.
     by_family = trials[trials["state"] == "COMPLETE"].groupby("user_attrs_model")["value"].min()
     assert by_family.idxmin() == "missforest" and by_family["missforest"] < by_family["mean"] * 0.7
-    assert len(set(trials["user_attrs_model"])) >= 5
+    assert len(set(trials["user_attrs_model"])) >= 6
     assert not tuned.imputed.isna().any().any()
 
 

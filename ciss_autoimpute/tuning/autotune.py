@@ -316,7 +316,7 @@ def warm_start_params(space: Any, *, families: Sequence[str] | None = None) -> d
     space
         A :class:`~ciss_autoimpute.SearchSpace`.
     families
-        Closed-form families (``trainable = False``: ``mean``, ``knn``, ``mice``,
+        Closed-form families (``trainable = False``: ``mean``, ``em``, ``knn``, ``mice``,
         ``missforest``) to include; ``None`` means all of them that are in the space.
         Trained families are refused: their defaults are rarely a good configuration
         and their spaces use meta keys (depth, widths) with no single default point.
@@ -324,8 +324,8 @@ def warm_start_params(space: Any, *, families: Sequence[str] | None = None) -> d
     Returns
     -------
     dict
-        ``{family: params}``, cheapest family first (``mean``, ``knn``, ``mice``,
-        ``missforest``; the class attribute ``relative_cost``).
+        ``{family: params}``, cheapest family first (``mean``, then ``em`` and ``knn``,
+        ``mice``, ``missforest``; the class attribute ``relative_cost``, ties by name).
 
     Examples
     --------
@@ -345,7 +345,7 @@ def warm_start_params(space: Any, *, families: Sequence[str] | None = None) -> d
         if getattr(get_model_class(family), "trainable", True):
             raise ValueError(
                 f"warm start: {family!r} is a trained family; warm starts cover the closed-form ones "
-                "(mean, knn, mice, missforest). Leave it to the sampler."
+                "(mean, em, knn, mice, missforest). Leave it to the sampler."
             )
         config = space.fixed_config(family)
         # Replay the sampling with the fixed configuration's values to learn the names
@@ -577,7 +577,7 @@ def autotune(
         ``ciss-autoimpute worker`` on another machine can read it.
     warm_start
         Queue, before any sampled trial, one trial per closed-form family of the space
-        (``mean``, ``knn``, ``mice``, ``missforest``) with its default parameters, so
+        (``mean``, ``em``, ``knn``, ``mice``, ``missforest``) with its default parameters, so
         a cheap classical baseline is always among the finished trials and the study
         can only pick a deep model that beats it. Families already warm-started in
         the study (a resumed study, another worker) are not queued again; see

@@ -6,7 +6,7 @@ they still match).
 
 * ``default`` — every built-in family that assumes the missingness ignorable (MCAR or
   MAR) with its own space; moderate training ranges. This includes the classical
-  baselines ``mean``, ``knn``, ``mice`` and ``missforest`` (closed form, small spaces),
+  baselines ``mean``, ``em``, ``knn``, ``mice`` and ``missforest`` (closed form, small spaces),
   so a study can pick them when they win. not-MIWAE is left to ``mnar``: see
   :func:`_ignorable_families`.
 * ``quick`` — the same families, small networks, 20-60 epochs, at most 4 refit loops, and the classical

@@ -363,7 +363,7 @@ class SearchSpace:
         default ``{}`` (the dataset's clustering is used as it is).
         ``leiden_resolution`` and ``k_neighbors`` are only sampled when
         ``n_clusters`` is ``None`` (Leiden) in that trial or not tuned.
-        Closed-form families (``trainable = False``: ``mean``, ``knn``, ``mice``,
+        Closed-form families (``trainable = False``: ``mean``, ``em``, ``knn``, ``mice``,
         ``missforest``) sample neither training nor clustering options: they have no
         epochs and pool all rows.
     evaluate_all_orders
@@ -806,7 +806,7 @@ class SearchSpace:
     ) -> TrialConfig:
         model_params = self._resolve_model(model, pick, seed, fixed=fixed)
         if not getattr(_registry().get_model_class(model), "trainable", True):
-            # A closed-form family (mean, knn, mice, missforest) has no epochs or learning
+            # A closed-form family (mean, em, knn, mice, missforest) has no epochs or learning
             # rate and pools all rows whatever the clusters: sampling those options for it
             # would only add noise to the sampler and to the trials table.
             return TrialConfig(model, model_params, {}, {})

@@ -6,6 +6,7 @@ Each module registers its class with
 
 from .cissvae import CISSVAE, layer_order
 from .classical import KNNFamily, MeanFamily, MICEFamily, MissForestFamily
+from .gaussian_em import GaussianEMFamily
 from .gain import GAIN
 from .mida import MIDA
 from .miwae import MIWAE
@@ -13,6 +14,7 @@ from .notmiwae import NotMIWAE
 from .vae import VAE
 
 __all__ = [
-    "CISSVAE", "GAIN", "KNNFamily", "MICEFamily", "MIDA", "MIWAE", "MeanFamily", "MissForestFamily", "NotMIWAE",
+    "CISSVAE", "GAIN", "GaussianEMFamily", "KNNFamily", "MICEFamily", "MIDA", "MIWAE", "MeanFamily", "MissForestFamily",
+    "NotMIWAE",
     "VAE", "layer_order",
 ]
