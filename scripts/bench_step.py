@@ -1,0 +1,110 @@
+"""Time one training step of each family, split into forward, backward and optimiser step.
+
+``scripts/bench_speed.py`` measures whole epochs against a matmul reference; this script
+looks inside a step, for finding where the time outside the products goes::
+
+    .venv/bin/python scripts/bench_step.py --families cissvae notmiwae --batch-size 1000
+    .venv/bin/python scripts/bench_step.py --families notmiwae --profile 20   # + torch.profiler table
+
+Same synthetic data as ``bench_speed.py`` (correlated numeric columns, 30 % MCAR, 4 random
+clusters), one torch thread, CPU time (``time.process_time``) per step, median of
+``--rounds`` rounds of ``--steps`` steps after a warm-up. Batches are contiguous slices of
+rows sorted by cluster within each batch, as the Trainer hands them to the model; the
+optimiser is fused Adam with gradient clipping at 5 (the Trainer's own lean step is a few
+percent faster). Run it on two checkouts (e.g. a ``git worktree`` of the previous commit,
+with ``PYTHONPATH`` pointing at it) for an A/B of a change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--families", nargs="+", default=["vae", "cissvae", "miwae", "notmiwae"])
+    parser.add_argument("--rows", type=int, default=20000, help="rows of synthetic data (default 20000)")
+    parser.add_argument("--cols", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=50, help="steps per timed round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="also profile this many steps with torch.profiler and print the top ops")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(1)
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_speed import make_data
+
+    from ciss_autoimpute.data.dataset import ClusterDataset
+    from ciss_autoimpute.models.registry import build_model
+
+    x, labels = make_data(args.rows, args.cols, args.seed)
+    ds = ClusterDataset(x, clusters=labels, val_proportion=0.1, seed=args.seed, device="cpu")
+    d = ds.data
+    bs = min(args.batch_size, d.n_rows)
+    n_batches = d.n_rows // bs
+    # Rows sorted by cluster within each batch (what the Trainer does for cissvae; harmless otherwise).
+    key = torch.arange(d.n_rows) // bs * ds.n_clusters + d.clusters
+    order = torch.argsort(key, stable=True)
+    xs = torch.where(d.train_mask, torch.nan_to_num(d.x), 0.0)[order]
+    mask, clusters, observed = d.train_mask[order], d.clusters[order], d.observed[order]
+
+    print(f"torch {torch.__version__}, 1 thread; {d.n_rows} x {args.cols}, batch {bs}; CPU ms per step "
+          f"(median of {args.rounds} rounds of {args.steps} steps)")
+    print("| family | forward | backward | optimiser | step |")
+    print("|---|---:|---:|---:|---:|")
+    for family in args.families:
+        model = build_model(family, ds.layout, ds.n_clusters, {}, seed=args.seed)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+        gen = torch.Generator().manual_seed(args.seed)
+        extra = {"observed": None} if getattr(model, "models_missingness", False) else {}
+
+        def step(i: int, parts: list[float] | None = None) -> None:
+            s = (i % n_batches) * bs
+            kw = {k: observed[s:s + bs] for k in extra}
+            t0 = time.process_time()
+            out = model.loss(xs[s:s + bs], mask[s:s + bs], clusters[s:s + bs], generator=gen, **kw)
+            t1 = time.process_time()
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            t2 = time.process_time()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            t3 = time.process_time()
+            if parts is not None:
+                parts[0] += t1 - t0
+                parts[1] += t2 - t1
+                parts[2] += t3 - t2
+
+        for i in range(10):
+            step(i)
+        rounds = []
+        for r in range(args.rounds):
+            parts = [0.0, 0.0, 0.0]
+            for i in range(args.steps):
+                step(r * args.steps + i, parts)
+            rounds.append([1e3 * p / args.steps for p in parts])
+        med = [statistics.median(r[j] for r in rounds) for j in range(3)]
+        print(f"| {family} | {med[0]:.2f} | {med[1]:.2f} | {med[2]:.2f} | {sum(med):.2f} |")
+        if args.profile:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for i in range(args.profile):
+                    step(i)
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
