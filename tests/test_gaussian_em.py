@@ -146,3 +146,20 @@ def test_imputing_before_fitting_says_how_to_fit():
     x = torch.zeros(3, 2)
     with pytest.raises(NotFittedError, match="train it with Trainer.fit"):
         model.impute(x, torch.ones(3, 2, dtype=torch.bool), torch.zeros(3, dtype=torch.long))
+
+
+def test_row_chunks_do_not_change_the_result(monkeypatch):
+    # Wide data is solved in chunks of rows (bounded work arrays): the chunking must not show.
+    from ciss_autoimpute.models.families import gaussian_em
+
+    full, mask = _gaussian(n=300)
+    model, clusters = _fit(full, mask)
+    x = full.float()
+    whole = model.impute(x, mask, clusters), model.sample_imputations(x, mask, clusters, 3,
+                                                                       generator=torch.Generator().manual_seed(2))
+    monkeypatch.setattr(gaussian_em, "_CHUNK_ELEMENTS", 16 * 7)  # 7 rows per chunk
+    assert gaussian_em._row_chunk(4) == 7
+    chunked = model.impute(x, mask, clusters), model.sample_imputations(x, mask, clusters, 3,
+                                                                         generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(chunked[0], whole[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(chunked[1], whole[1], rtol=0, atol=1e-6)

@@ -47,8 +47,13 @@ from .classical import ClassicalModel, _holed
 
 __all__ = ["GaussianEMFamily"]
 
-#: Rows solved per batched Cholesky call (bounds the ``[rows, d, d]`` work arrays).
-_ROW_CHUNK = 2048
+#: Elements of one ``[rows, d, d]`` work array of a batched Cholesky call (float64: 128 MB).
+_CHUNK_ELEMENTS = 1 << 24
+
+
+def _row_chunk(d: int) -> int:
+    """Rows per batched solve: at most 2048, fewer for wide data."""
+    return max(1, min(2048, _CHUNK_ELEMENTS // max(1, d * d)))
 
 
 def _check_positive_float(name: str, key: str, value: Any, *, low: float = 0.0) -> float:
@@ -79,8 +84,9 @@ def _conditionals(
     factor = holed.new_zeros(n, d, d) if want_factor else None
     rows = torch.nonzero(missing.any(1)).flatten()
     eye = torch.eye(d, dtype=holed.dtype, device=holed.device)
-    for start in range(0, rows.numel(), _ROW_CHUNK):
-        idx = rows[start:start + _ROW_CHUNK]
+    chunk = _row_chunk(d)
+    for start in range(0, rows.numel(), chunk):
+        idx = rows[start:start + chunk]
         miss = missing[idx].to(holed.dtype)  # [b, d], 1 where missing
         obs = 1.0 - miss
         pair = miss.unsqueeze(2) * miss.unsqueeze(1)
@@ -221,14 +227,19 @@ class GaussianEMFamily(ClassicalModel):
 
     def _sample_matrix(self, holed: np.ndarray, filled: np.ndarray, n: int, g: torch.Generator) -> torch.Tensor:
         holed_t = torch.from_numpy(holed)
-        _, _, factor = _conditionals(holed_t, self.em_mean.detach().cpu(), self.precision(), want_factor=True)
-        assert factor is not None
         rows, d = holed_t.shape
         z = torch.randn((n, rows, d), generator=g, device=g.device, dtype=torch.float64).cpu()
-        # L^-T z has covariance (L L^T)^-1 = Lambda_mm^-1 on each row's missing block.
-        noise = torch.linalg.solve_triangular(factor.mT.unsqueeze(0), z.unsqueeze(-1), upper=True).squeeze(-1)
         numeric = torch.zeros(d, dtype=torch.bool)
         numeric[list(self.layout.numeric)] = True
-        noise = noise * (torch.isnan(holed_t) & numeric)
+        noise = torch.empty_like(z)
+        mu, precision = self.em_mean.detach().cpu(), self.precision()
+        step = _row_chunk(d)
+        for start in range(0, rows, step):
+            part = slice(start, start + step)
+            _, _, factor = _conditionals(holed_t[part], mu, precision, want_factor=True)
+            assert factor is not None
+            # L^-T z has covariance (L L^T)^-1 = Lambda_mm^-1 on each row's missing block.
+            solved = torch.linalg.solve_triangular(factor.mT.unsqueeze(0), z[:, part].unsqueeze(-1), upper=True)
+            noise[:, part] = solved.squeeze(-1) * (torch.isnan(holed_t[part]) & numeric)
         base = torch.from_numpy(filled).unsqueeze(0) + noise
         return self._draw_discrete(base.to(g.device), g)
