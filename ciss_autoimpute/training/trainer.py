@@ -544,7 +544,7 @@ class Trainer:
         single = len(steps) == 1
         model.train()
         perm = torch.randperm(n, generator=gen, device=self.device)
-        if model.sorts_batches_by_cluster:
+        if getattr(model, "sorts_batches_by_cluster", False):
             # The same batches, each with its rows in cluster order: the loss then skips its
             # per-batch sort and gathers (one stable sort of the epoch's keys instead).
             key = torch.arange(n, device=self.device).div_(bs, rounding_mode="floor")
