@@ -543,7 +543,8 @@ def plot_missing_process(model: Any, *, max_curves: int = 8) -> "Figure":
         A fitted not-MIWAE model (``missing_process`` ``"selfmasking"`` or
         ``"selfmasking_known_signs"``), an :class:`~ciss_autoimpute.Imputer` or result
         holding one, or the DataFrame its ``interpret_missing_process()`` returns
-        (index: feature; columns ``direction``, ``strength``, ``threshold``).
+        (index: feature; columns ``direction``, ``strength``, ``threshold``, and
+        optionally ``had_missing``: features never missing in training are left out).
     max_curves
         Draw the probability curves of at most this many features (the strongest).
 
@@ -568,6 +569,11 @@ def plot_missing_process(model: Any, *, max_curves: int = 8) -> "Figure":
             f"the missing-process table needs columns {sorted(needed)}, got {list(frame.columns)}; "
             "pass the output of interpret_missing_process()."
         )
+    if "had_missing" in frame.columns:
+        # Columns never missing in training: their slope and threshold were learned from nothing.
+        frame = frame[frame["had_missing"].astype(bool)]
+        if frame.empty:
+            raise ValueError("no feature had missing cells in training, so the missing process has nothing to show.")
     high = frame["direction"].astype(str).str.startswith("high")
     slope = np.where(high, 1.0, -1.0) * frame["strength"].to_numpy(dtype=np.float64)
     threshold = frame["threshold"].to_numpy(dtype=np.float64)

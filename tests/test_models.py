@@ -488,8 +488,9 @@ def test_known_signs_fix_the_direction():
     model = build("notmiwae", missing_process="selfmasking_known_signs", signs=[1, -1, 1, -1])
     table = model.interpret_missing_process()
     assert list(table.index) == ["a", "b", "flag", "colour[0]", "colour[1]", "colour[2]"]
-    assert list(table.columns) == ["direction", "strength", "threshold"]
-    assert list(table["direction"][:3]) == ["high values missing", "low values missing", "high values missing"]
+    assert list(table.columns) == ["direction", "strength", "threshold", "had_missing"]
+    # Before training no column has been seen missing: no direction is claimed.
+    assert set(table["direction"]) == {"never missing"} and not table["had_missing"].any()
     # softplus(0) = log 2 at the start.
     assert table["strength"].tolist() == pytest.approx([math.log(2.0)] * 6)
     # Training cannot flip a known sign.
@@ -499,7 +500,9 @@ def test_known_signs_fix_the_direction():
         opt.zero_grad()
         model.loss(x, mask, clusters, generator=gen(i)).loss.backward()
         opt.step()
-    assert list(model.interpret_missing_process()["direction"][:2]) == ["high values missing", "low values missing"]
+    table = model.interpret_missing_process()
+    assert table["had_missing"].all()
+    assert list(table["direction"][:3]) == ["high values missing", "low values missing", "high values missing"]
 
 
 def test_missing_sensitivity_of_the_processes():
@@ -733,3 +736,28 @@ def test_gaussian_head_split_is_one_node_with_the_sliced_values_and_gradients():
     # The bound is unchanged by handing log_prob the blocks it would split itself.
     x, mask = torch.randn(7, 3, generator=g, dtype=torch.float64), torch.rand(7, 3, generator=g) > 0.3
     torch.testing.assert_close(head.log_prob(raw, x, mask, params=head.split(raw)), head.log_prob(raw, x, mask))
+
+
+def test_interpretation_marks_columns_never_missing_in_training():
+    # Only x0 and x1 ever go missing here; x2 and x3 never do, so their slope and threshold
+    # are learned from nothing: interpret_missing_process says so instead of naming a direction.
+    x, observed, _ = _self_masked_gaussians(n=400)
+    model, _ = _fit_plain("notmiwae", x, observed, {"hidden_dims": [16], "latent_dim": 2, "n_samples": 3}, steps=30)
+    table = model.interpret_missing_process()
+    assert table["had_missing"].tolist() == [True, True, False, False]
+    assert list(table["direction"][2:]) == ["never missing", "never missing"]
+    assert set(table["direction"][:2]) <= {"high values missing", "low values missing"}
+    # The record travels with the weights; in eval mode the loss does not change it.
+    state = model.state_dict()
+    assert state["missing_seen"].tolist() == [True, True, False, False]
+    model.eval()
+    model.loss(x, torch.zeros_like(observed), torch.zeros(x.shape[0], dtype=torch.long), generator=gen())
+    assert model.missing_seen.tolist() == [True, True, False, False]
+    fresh = build_model("notmiwae", FeatureLayout.all_numeric(4), 1, {"hidden_dims": [16], "latent_dim": 2,
+                                                                      "n_samples": 3})
+    fresh.load_state_dict(state)
+    assert fresh.interpret_missing_process()["had_missing"].tolist() == [True, True, False, False]
+    # A file saved before the record existed loads with every column counted as seen.
+    older = {k: v for k, v in state.items() if k != "missing_seen"}
+    fresh.load_state_dict(older)
+    assert fresh.missing_seen.all()

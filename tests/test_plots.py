@@ -189,6 +189,12 @@ def test_missing_process_curves_follow_the_learned_slopes():
     assert curves["age"].get_ydata()[0] > curves["age"].get_ydata()[-1]  # low ages go missing
     with pytest.raises(ValueError, match="needs columns"):
         plots.plot_missing_process(table.drop(columns="threshold"))
+    # A feature never missing in training (had_missing False) is left out of both panels.
+    fig = plots.plot_missing_process(table.assign(had_missing=[True, False]))
+    assert [p.get_width() for p in fig.axes[0].patches] == [2.0]
+    assert [line.get_label() for line in fig.axes[1].get_lines() if not line.get_label().startswith("_")] == ["income"]
+    with pytest.raises(ValueError, match="no feature had missing cells"):
+        plots.plot_missing_process(table.assign(had_missing=[False, False]))
 
 
 def test_missing_process_of_a_fitted_notmiwae(dataset):
@@ -197,6 +203,7 @@ def test_missing_process_of_a_fitted_notmiwae(dataset):
     fitted = Imputer(model="notmiwae", model_params={"hidden_dims": [8], "latent_dim": 2, "n_samples": 3},
                      train_params=TRAIN, device="cpu").fit_dataset(dataset)
     table = fitted.model_.interpret_missing_process()
+    table = table[table["had_missing"]]  # features never missing in training are not drawn
     fig = plots.plot_missing_process(fitted)
     widths = [p.get_width() for p in fig.axes[0].patches]
     signs = np.where(table["direction"].str.startswith("high"), 1.0, -1.0)

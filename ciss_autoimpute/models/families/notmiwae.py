@@ -17,6 +17,7 @@ from torch.nn import functional as F
 from ...data.layout import FeatureLayout
 from ...tuning.params import Categorical, Param
 from ..bounds import notmiwae_log_weights
+from ..base import LossOutput
 from ..layers import MLP, ClusterLinear
 from ..likelihoods import float_mask, zero_unobserved
 from ..registry import register_model
@@ -289,6 +290,33 @@ class NotMIWAE(MIWAE):
         self.missing = MissingProcess(
             self.layout, self.params["missing_process"], signs, self.params["missing_hidden_dim"]
         )
+        #: Encoded columns that had a missing cell in some training batch (kept with the weights).
+        self.register_buffer("missing_seen", torch.zeros(self.layout.n_features, dtype=torch.bool))
+
+    def loss(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        clusters: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        observed: torch.Tensor | None = None,
+    ) -> LossOutput:
+        out = super().loss(x, mask, clusters, generator=generator, observed=observed)
+        if self.training:
+            # Which columns the missing process saw go missing: the others have no data for it.
+            seen = mask if observed is None else observed
+            self.missing_seen |= ~seen.all(0)
+        return out
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:  # type: ignore[override]
+        # Files saved before the buffer existed: nothing is known, so every column counts as seen.
+        key = prefix + "missing_seen"
+        if key not in state_dict:
+            state_dict[key] = torch.ones_like(self.missing_seen)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
     def _reset_extra(self, generator: torch.Generator) -> None:
         self.missing.reset_parameters(generator)
@@ -335,9 +363,12 @@ class NotMIWAE(MIWAE):
         pandas.DataFrame
             Indexed by feature (``name``, or ``name[k]`` for level ``k`` of a
             categorical column) with columns ``direction`` (``"high values
-            missing"`` when ``W > 0``, else ``"low values missing"``), ``strength``
-            (``|W|``) and ``threshold`` (``b``, on the standardised scale: the value
-            at which the column's own term is zero).
+            missing"`` when ``W > 0``, else ``"low values missing"``; ``"never
+            missing"`` for a column without a missing cell in the training data,
+            whose slope and threshold were learned from nothing), ``strength``
+            (``|W|``), ``threshold`` (``b``, on the standardised scale: the value
+            at which the column's own term is zero) and ``had_missing`` (whether
+            the column had missing cells in training).
 
         Raises
         ------
@@ -356,11 +387,16 @@ class NotMIWAE(MIWAE):
         with torch.no_grad():
             w = self.missing.slopes().detach().cpu().double()
             b = self.missing.b.detach().cpu().double()
+            seen = self.missing_seen.detach().cpu().tolist()
         frame = pd.DataFrame(
             {
-                "direction": ["high values missing" if v > 0 else "low values missing" for v in w.tolist()],
+                "direction": [
+                    ("high values missing" if v > 0 else "low values missing") if had else "never missing"
+                    for v, had in zip(w.tolist(), seen)
+                ],
                 "strength": w.abs().numpy(),
                 "threshold": b.numpy(),
+                "had_missing": seen,
             },
             index=pd.Index(encoded_labels(self.layout), name="feature"),
         )
