@@ -17,7 +17,6 @@ from torch.nn import functional as F
 from ...data.layout import FeatureLayout
 from ...tuning.params import Categorical, Param
 from ..bounds import notmiwae_log_weights
-from ..base import LossOutput
 from ..layers import MLP, ClusterLinear
 from ..likelihoods import float_mask, zero_unobserved
 from ..registry import register_model
@@ -293,22 +292,6 @@ class NotMIWAE(MIWAE):
         #: Encoded columns that had a missing cell in some training batch (kept with the weights).
         self.register_buffer("missing_seen", torch.zeros(self.layout.n_features, dtype=torch.bool))
 
-    def loss(
-        self,
-        x: torch.Tensor,
-        mask: torch.Tensor,
-        clusters: torch.Tensor,
-        *,
-        generator: torch.Generator | None = None,
-        observed: torch.Tensor | None = None,
-    ) -> LossOutput:
-        out = super().loss(x, mask, clusters, generator=generator, observed=observed)
-        if self.training:
-            # Which columns the missing process saw go missing: the others have no data for it.
-            seen = mask if observed is None else observed
-            self.missing_seen |= ~seen.all(0)
-        return out
-
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs) -> None:  # type: ignore[override]
         # Files saved before the buffer existed: nothing is known, so every column counts as seen.
@@ -341,6 +324,9 @@ class NotMIWAE(MIWAE):
         # p(s|x) reads the cells observed in the data: a held-out cell is hidden from the
         # likelihood (its value is drawn like a missing one) but was observed, s = 1.
         s["log_ps"] = self.missing.log_prob(s["x_full"], s["observed"])
+        if self.training and torch.is_grad_enabled():
+            # Which columns the missing process saw go missing: the others have no data for it.
+            self.missing_seen |= ~s["observed"].all(0)
         return notmiwae_log_weights(s["log_px"], s["log_ps"], s["log_pz"], s["log_qz"])
 
     def _point_values(self, s: dict[str, torch.Tensor]) -> torch.Tensor:
