@@ -356,10 +356,10 @@ class ClusterLinear(nn.Module):
         weight gradient. Without gradients the window borrows neighbouring rows instead
         of copying the segment. Float32 products run on the exact segments.
         """
+        if not torch.is_autocast_enabled(rows.device.type) and rows.dtype == self.weight.dtype:
+            return _SegmentLinear.apply(rows, self.weight, self.bias, tuple(counts))
         # oneDNN (CPU) compiles per shape; GPU libraries do not, so exact segments there.
         cpu_autocast = rows.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-        if not cpu_autocast and not torch.is_autocast_enabled(rows.device.type) and rows.dtype == self.weight.dtype:
-            return _SegmentLinear.apply(rows, self.weight, self.bias, tuple(counts))
         # unbind: one backward op (a stack) for all clusters, where indexing weight[c]
         # would allocate and add a zero-padded [C, in, out] gradient per cluster.
         weights, biases = self.weight.unbind(0), self.bias.unbind(0)

@@ -65,10 +65,18 @@ def check_n(n: Any, *, allow_numpy: bool = False) -> int:
     return int(n)
 
 
-def check_float(model: str, key: str, value: Any, *, low: float = 0.0) -> float:
-    """``value`` as a finite float ``>= low`` or a ``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value) >= low:
-        raise ValueError(f"{_where(model, key)} must be a number >= {low}, got {value!r}.")
+def check_float(
+    model: str, key: str, value: Any, *, low: float = 0.0, strict: bool = False, allow_numpy: bool = False
+) -> float:
+    """``value`` as a finite float ``>= low`` (``> low`` when ``strict``) or a ``ValueError``.
+
+    ``allow_numpy`` also accepts numpy numbers (any :class:`numbers.Real`).
+    """
+    kind = numbers.Real if allow_numpy else (int, float)
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    if not ok or not (float(value) > low if strict else float(value) >= low):
+        bound = f"a finite number > {low:g}" if strict else f"a number >= {low}"
+        raise ValueError(f"{_where(model, key)} must be {bound}, got {value!r}.")
     if value != value or abs(float(value)) == float("inf"):
         raise ValueError(f"{_where(model, key)} must be finite, got {value!r}.")
     return float(value)

@@ -40,9 +40,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...exceptions import NotFittedError
 from ...tuning.params import Float, Param
 from ..registry import register_model
-from ._common import check_int
+from ._common import check_float, check_int
 from .classical import ClassicalModel, _holed
 
 __all__ = ["GaussianEMFamily"]
@@ -56,12 +57,9 @@ def _row_chunk(d: int) -> int:
     return max(1, min(2048, _CHUNK_ELEMENTS // max(1, d * d)))
 
 
-def _check_positive_float(name: str, key: str, value: Any, *, low: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not (
-        np.isfinite(value) and value > low
-    ):
-        raise ValueError(f"{name}: parameter {key!r} must be a finite number > {low:g}, got {value!r}.")
-    return float(value)
+def _inverse(cov: torch.Tensor) -> torch.Tensor:
+    """The inverse of a symmetric positive-definite matrix, through its Cholesky factor."""
+    return torch.cholesky_inverse(torch.linalg.cholesky(cov))
 
 
 def _conditionals(
@@ -156,9 +154,9 @@ class GaussianEMFamily(ClassicalModel):
     @classmethod
     def _check_params(cls, p: dict[str, Any]) -> dict[str, Any]:
         return {
-            "ridge": _check_positive_float(cls.name, "ridge", p["ridge"]),
+            "ridge": check_float(cls.name, "ridge", p["ridge"], strict=True, allow_numpy=True),
             "max_iter": check_int(cls.name, "max_iter", p["max_iter"], allow_numpy=True),
-            "tol": _check_positive_float(cls.name, "tol", p["tol"]),
+            "tol": check_float(cls.name, "tol", p["tol"], strict=True, allow_numpy=True),
         }
 
     # -------------------------------------------------------------- state
@@ -166,30 +164,22 @@ class GaussianEMFamily(ClassicalModel):
         self.register_buffer("em_mean", torch.zeros(0, dtype=torch.float64))
         self.register_buffer("em_cov", torch.zeros(0, 0, dtype=torch.float64))
         self.register_buffer("em_rounds", torch.zeros((), dtype=torch.int64))
-        self._precision: torch.Tensor | None = None
 
     @property
     def is_fitted(self) -> bool:
         return int(self.em_mean.shape[0]) == self.layout.n_features
 
-    def estimator(self) -> Any:
-        """Checks that the model is fitted (there is no scikit-learn estimator)."""
+    def estimator(self) -> torch.Tensor:
+        """The precision ``Sigma^-1`` (float64, CPU): what imputation needs of the fitted state.
+
+        Cached like the other classical families' estimators: rebuilt from the buffers
+        after :meth:`fit` or a load that changed them.
+        """
         if not self.is_fitted:
-            from ...exceptions import NotFittedError
-
             raise NotFittedError("The 'em' model is not fitted; train it with Trainer.fit (or Imputer.fit) first.")
-        return None
-
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        super()._load_from_state_dict(*args, **kwargs)
-        self._precision = None
-
-    def precision(self) -> torch.Tensor:
-        """``Sigma^-1`` (float64, CPU), computed once per fitted state."""
-        self.estimator()
-        if self._precision is None:
-            self._precision = torch.cholesky_inverse(torch.linalg.cholesky(self.em_cov.detach().cpu()))
-        return self._precision
+        if self._estimator is None:
+            self._estimator = _inverse(self.em_cov.detach().cpu())
+        return self._estimator
 
     def _fit_state(self, x: torch.Tensor, mask: torch.Tensor) -> None:
         holed = torch.from_numpy(_holed(x, mask))
@@ -205,8 +195,7 @@ class GaussianEMFamily(ClassicalModel):
         cov = torch.diag(var) + ridge
         rounds = 0
         for rounds in range(1, p["max_iter"] + 1):
-            precision = torch.cholesky_inverse(torch.linalg.cholesky(cov))
-            completed, cov_sum, _ = _conditionals(holed, mu, precision, want_cov=True)
+            completed, cov_sum, _ = _conditionals(holed, mu, _inverse(cov), want_cov=True)
             new_mu = completed.mean(0)
             centred = completed - new_mu
             new_cov = (centred.T @ centred + cov_sum) / n + ridge
@@ -218,11 +207,10 @@ class GaussianEMFamily(ClassicalModel):
         self.em_mean = mu.to(x.device)
         self.em_cov = cov.to(x.device)
         self.em_rounds = torch.tensor(rounds, dtype=torch.int64, device=x.device)
-        self._precision = None
 
     # -------------------------------------------------------------- imputation
     def _impute_matrix(self, holed: np.ndarray) -> np.ndarray:
-        completed, _, _ = _conditionals(torch.from_numpy(holed), self.em_mean.detach().cpu(), self.precision())
+        completed, _, _ = _conditionals(torch.from_numpy(holed), self.em_mean.detach().cpu(), self.estimator())
         return self._finish(completed.numpy())
 
     def _sample_matrix(self, holed: np.ndarray, filled: np.ndarray, n: int, g: torch.Generator) -> torch.Tensor:
@@ -232,7 +220,7 @@ class GaussianEMFamily(ClassicalModel):
         numeric = torch.zeros(d, dtype=torch.bool)
         numeric[list(self.layout.numeric)] = True
         noise = torch.empty_like(z)
-        mu, precision = self.em_mean.detach().cpu(), self.precision()
+        mu, precision = self.em_mean.detach().cpu(), self.estimator()
         step = _row_chunk(d)
         for start in range(0, rows, step):
             part = slice(start, start + step)

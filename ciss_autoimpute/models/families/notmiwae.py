@@ -190,13 +190,14 @@ class _SelfMaskingLogProb(torch.autograd.Function):
         # d(-softplus(u))/du = -sigmoid(u), u = c * (x - b).
         weighted = sig * grad.unsqueeze(-1)
         samples = tuple(range(weighted.dim() - 2))  # leading sample axes, if any
+
+        def per_row(t: torch.Tensor) -> torch.Tensor:
+            """``t [..., n, d]`` summed over the sample axes (``sum(())`` would sum everything)."""
+            return t.sum(samples) if samples else t
+
         grad_x = weighted * c.neg() if need_x else None
-        grad_c = (weighted * centred).sum(samples).neg_() if need_c and samples else (
-            (weighted * centred).neg_() if need_c else None)
-        grad_b = None
-        if need_b:
-            per_row = weighted.sum(samples) if samples else weighted
-            grad_b = (per_row * c).sum(0)
+        grad_c = per_row(weighted * centred).neg_() if need_c else None
+        grad_b = (per_row(weighted) * c).sum(0) if need_b else None
         return grad_x, grad_b, grad_c
 
 
