@@ -373,9 +373,15 @@ def test_best_loop_state_and_imputations_are_kept_not_the_last():
     assert torch.equal(result.best_state["offset"], states[1]["offset"])
     # Imputations of loop 1; training cells keep their values.
     not_train = ~data.train_mask
-    assert torch.allclose(result.imputed[not_train], torch.full_like(result.imputed[not_train], 0.1))
+    scored = result.scored_imputed
+    assert torch.allclose(scored[not_train], torch.full_like(scored[not_train], 0.1))
+    assert torch.equal(scored[data.train_mask], data.x[data.train_mask])
+    assert validation_score(scored, data).total == pytest.approx(0.1)
+    # The kept imputations: loop 1's model on the missing cells, every observed cell as in the data.
+    missing = ~data.observed
+    assert torch.allclose(result.imputed[missing], torch.full_like(result.imputed[missing], 0.1))
+    assert torch.equal(result.imputed[data.val_mask], data.x_val[data.val_mask])
     assert torch.equal(result.imputed[data.train_mask], data.x[data.train_mask])
-    assert validation_score(result.imputed, data).total == pytest.approx(0.1)
 
 
 def test_patience_counts_loops_without_improvement_beyond_min_delta():
@@ -540,6 +546,35 @@ def test_same_seed_same_result_different_seed_different():
     assert not torch.equal(a.imputed, c.imputed)
 
 
+def test_kept_imputations_read_the_held_out_cells_once_scoring_is_done():
+    # Four near-copies of one factor: a row's held-out cells tell much about its missing ones.
+    g = torch.Generator().manual_seed(3)
+    n, d = 600, 4
+    full = torch.randn(n, 1, generator=g).expand(n, d) + 0.1 * torch.randn(n, d, generator=g)
+    observed = torch.rand(n, d, generator=g) > 0.3
+    val_mask = observed & (torch.rand(n, d, generator=g) < 0.3)
+    train = observed & ~val_mask
+    zero = torch.zeros(())
+    data = EncodedData(
+        x=torch.where(train, full, zero), observed=observed, train_mask=train, val_mask=val_mask,
+        x_val=torch.where(val_mask, full, zero), clusters=torch.zeros(n, dtype=torch.long), n_clusters=1,
+        layout=FeatureLayout.all_numeric(d),
+    )
+    result = fit_tiny(data, train=TrainConfig(epochs=20, lr=1e-2, batch_size=32))
+    # The kept imputations are one pass of the kept model given every observed cell,
+    # with the scored pass's imputations as the missing cells' fillers.
+    given_all = torch.where(val_mask, data.x_val, result.scored_imputed)
+    assert torch.allclose(result.imputed, impute_all(result.model, given_all, observed, data.clusters))
+    # ... and, in rows that had cells held out, closer to the truth than the scored pass.
+    missing = ~observed & val_mask.any(1, keepdim=True)
+    assert int(missing.sum()) > 50
+    err_scored = float((result.scored_imputed - full)[missing].square().mean())
+    err_kept = float((result.imputed - full)[missing].square().mean())
+    assert err_kept < 0.8 * err_scored
+    # The score still comes from the pass that never saw the holdout.
+    assert result.best_score.total == pytest.approx(validation_score(result.scored_imputed, data).total)
+
+
 def test_held_out_values_never_reach_the_model_and_data_is_not_modified():
     sentinel = 1e6
     data = make_data(val_value=sentinel)
@@ -548,18 +583,22 @@ def test_held_out_values_never_reach_the_model_and_data_is_not_modified():
 
     class Spy(TinyAE):
         def loss(self, x, mask, clusters, *, generator=None):
-            largest.append(float(x.abs().max()))
+            largest.append(("loss", float(x.abs().max())))
             return super().loss(x, mask, clusters, generator=generator)
 
         def impute(self, x, mask, clusters, *, generator=None):
-            largest.append(float(x.abs().max()))
+            largest.append(("impute", float(x.abs().max())))
             return super().impute(x, mask, clusters, generator=generator)
 
     model = Spy(data.layout, data.n_clusters)
     result = Trainer(model, TrainConfig(epochs=3, val_every=1), RefitConfig(max_loops=2, patience=5, epochs_per_loop=2),
                      device="cpu").fit(data)
     assert len(result.loop_history) == 3
-    assert len(largest) > 10 and max(largest) < 100.0
+    # Training and scoring never see the holdout; only the last pass, after every loop
+    # was scored, reads the held-out values as inputs (the kept imputations).
+    *during, (last_kind, last_max) = largest
+    assert len(during) > 10 and max(v for _, v in during) < 100.0
+    assert last_kind == "impute" and last_max == sentinel
     assert result.best_score.numeric_rmse > sentinel / 2  # the metric did read the holdout
     for k, v in before.items():
         assert torch.equal(getattr(data, k), v), k
@@ -653,7 +692,7 @@ def test_duck_typed_callbacks_with_all_hooks_are_accepted():
 def test_metric_weights_reach_the_score():
     data = make_data()
     result = fit_tiny(data, metric_weights=MetricWeights(numeric=2.0))
-    assert result.best_score.total == pytest.approx(validation_score(result.imputed, data).total)
+    assert result.best_score.total == pytest.approx(validation_score(result.scored_imputed, data).total)
     with pytest.raises(TypeError, match=r"metric_weights must be a MetricWeights or None, got dict"):
         fit_tiny(data, metric_weights={"numeric": 1.0})
 

@@ -251,8 +251,9 @@ class TrainResult:
     best_state
         Deep copy of the best loop's ``state_dict`` (on the training device).
     imputed
-        float ``[n, d]`` encoded values of the best loop: ``data.x`` on training cells,
-        the model's imputations on missing and held-out cells.
+        float ``[n, d]`` encoded values: every observed cell (held-out ones included)
+        as in the data, the kept model's imputations on the missing cells (see
+        :attr:`scored_imputed`).
     best_score
         :class:`ValidationScore` of the best loop.
     best_loop
@@ -275,10 +276,12 @@ class TrainResult:
         for closed-form families, which take no steps.
     scored_imputed
         The imputations :attr:`best_score` was computed from (same shape as
-        :attr:`imputed`). For trained families it is :attr:`imputed` itself; for a
-        closed-form family it is the fit that never saw the holdout, while
-        :attr:`imputed` comes from the refit on every observed cell. Ensembles of
-        trials weigh their members on these held-out predictions.
+        :attr:`imputed`), made with the held-out cells hidden. :attr:`imputed` is
+        what the kept model gives with every observed cell visible: for trained
+        families one more imputation pass of the kept loop's model with the held-out
+        values as inputs; for a closed-form family a refit on every observed cell.
+        The two are the same tensor when nothing was held out. Ensembles of trials
+        weigh their members on these held-out predictions.
     """
 
     model: ImputationModel
@@ -628,6 +631,31 @@ class Trainer:
         record["seconds"] = time.perf_counter() - start
         return record
 
+    def _impute_every_observed(self, data: EncodedData, best_imp: torch.Tensor) -> torch.Tensor:
+        """The kept model's imputations of the missing cells given *every* observed cell.
+
+        During training the held-out cells are hidden (the holdout must stay unseen),
+        so the kept loop's imputations condition each row on its training cells only.
+        Once the holdout has scored the loops, one more pass puts the held-out values
+        back as inputs, as ``Imputer.transform`` of the same rows would; the missing
+        cells' fillers are the kept loop's imputations. Without a holdout this is the
+        kept imputations as they are.
+        """
+        if not bool(data.val_mask.any()):
+            return best_imp
+        x_all = torch.where(data.val_mask, data.x_val, best_imp)
+        imp = impute_all(
+            self.model, x_all, data.observed, data.clusters,
+            max(IMPUTE_CHUNK_ROWS, self.batch_size or 0), generator=self.generator,
+            observed=self._observed(data), precision=self.train_config.precision,
+        )
+        if not math.isfinite(float(imp.sum())) and not bool(torch.isfinite(imp).all()):
+            raise TrainingDivergedError(
+                "The kept model produced NaN or infinite imputations when given every observed cell; "
+                "lower TrainConfig.lr or enable TrainConfig.grad_clip (e.g. 5.0)."
+            )
+        return imp
+
     def _observed(self, data: EncodedData) -> torch.Tensor | None:
         """``data.observed`` for models of the missingness, else ``None``.
 
@@ -798,6 +826,7 @@ class Trainer:
                 stop_reason = self._stop_reason
 
             model.load_state_dict(best_state)
+            final_imp = self._impute_every_observed(data, best_imp)
         finally:
             if has_beta:
                 model.beta = original_beta
@@ -808,7 +837,7 @@ class Trainer:
         result = TrainResult(
             model=model,
             best_state=best_state,
-            imputed=best_imp,
+            imputed=final_imp,
             best_score=self.best_score,
             best_loop=self.best_loop,
             epoch_history=self.history.epochs,
