@@ -262,8 +262,20 @@ def test_presets_hold_the_classical_families_with_small_spaces():
         "model": "missforest", "missforest.max_depth": None, "missforest.max_features": "sqrt",
         "missforest.max_iter": 5, "missforest.n_estimators": 100,
     }
-    with pytest.raises(ValueError, match="'vae' is a trained family"):
-        warm_start_params(default, families=["vae"])
+    # Trained families only when named (a study of several deep families would spend
+    # one long trial on each) or when the space holds nothing else.
+    assert "vae" not in warm_start_params(default)
+    vae = warm_start_params(default, families=["vae"])["vae"]
+    replayed = default.sample(optuna.trial.FixedTrial(vae))
+    assert replayed.model_params == default.fixed_config("vae").model_params
+    assert replayed.model_params["hidden_dims"] == [128, 64]  # the depth and widths, not the first choices
+    assert replayed.train_params == default.fixed_config("vae").train_params
+    # A default the sampler cannot replay (cissvae's layer order, built from meta
+    # parameters) is refused when named and skipped when not.
+    cissvae = SearchSpace.preset("cissvae")
+    with pytest.raises(ValueError, match="cannot replay 'cissvae''s default configuration"):
+        warm_start_params(cissvae, families=["cissvae"])
+    assert warm_start_params(cissvae) == {}
 
 
 def _step_data(n=240, seed=0):
@@ -327,6 +339,21 @@ def test_warm_start_is_not_repeated_on_resume_or_by_a_second_worker(tmp_path):
     assert [t.user_attrs[WARM_START_ATTR] for t in short.study.trials] == ["mean", "knn"]
     with pytest.raises(TypeError, match="warm_start must be True or False, got 'yes'"):
         autotune(space, ds, n_trials=1, show_progress=False, warm_start="yes")
+
+
+def test_a_single_trained_family_study_starts_from_its_defaults():
+    ds = ClusterDataset(_step_data(n=80), n_clusters=1, seed=0, device="cpu")
+    space = SearchSpace({"vae": {"latent_dim": (2, 16), "beta": (0.1, 2.0)}},
+                        train={"epochs": 3, "max_loops": 1, "epochs_per_loop": 2})
+    tuned = autotune(space, ds, n_trials=2, seed=0, show_progress=False)
+    first, second = sorted(tuned.study.trials, key=lambda t: t.number)
+    assert first.user_attrs[WARM_START_ATTR] == "vae" and WARM_START_ATTR not in second.user_attrs
+    # The family's defaults, architecture included.
+    assert {k: first.params[k] for k in ("vae.latent_dim", "vae.beta", "vae.num_hidden_layers",
+                                          "vae.hidden_dim_0", "vae.hidden_dim_1")} == {
+        "vae.latent_dim": 16, "vae.beta": 1.0, "vae.num_hidden_layers": 2, "vae.hidden_dim_0": 128,
+        "vae.hidden_dim_1": 64}
+    assert first.state == optuna.trial.TrialState.COMPLETE
 
 
 def test_cli_impute_with_missforest(tmp_path):

@@ -152,13 +152,23 @@ def test_quick_preset_is_small():
             assert depth.high <= 2, fam
 
 
-def test_mnar_preset_tunes_the_missing_process():
+def test_mnar_preset_fixes_self_masking_and_starts_from_the_defaults():
+    from ciss_autoimpute.models.families.notmiwae import NotMIWAE
+    from ciss_autoimpute.training import TrainConfig
+    from ciss_autoimpute.tuning.autotune import warm_start_params
+
     space = SearchSpace.preset("mnar")
     # not-MIWAE only: the holdout (observed cells) cannot reward MNAR corrections, so a
-    # MAR comparator would win it for the wrong reason.
+    # MAR comparator would win it for the wrong reason; for the same reason the holdout
+    # does not choose the missing process (linear / nonlinear drifted where it cannot see).
     assert space.family_names == ("notmiwae",)
-    process = space.families["notmiwae"]["missing_process"]
-    assert isinstance(process, Categorical) and len(process.choices) >= 2
+    assert space.families["notmiwae"]["missing_process"] == Fixed("selfmasking")
+    # The study's first trial replays not-MIWAE's defaults.
+    config = space.sample(optuna.trial.FixedTrial(warm_start_params(space)["notmiwae"]))
+    defaults = NotMIWAE.default_params()
+    for key in ("hidden_dims", "latent_dim", "likelihood", "activation", "n_samples", "missing_process"):
+        assert config.model_params[key] == defaults[key], key
+    assert config.train_params["lr"] == TrainConfig().lr and config.train_params["epochs"] == TrainConfig().epochs
 
 
 def test_cissvae_preset_keeps_the_package_space():

@@ -308,7 +308,7 @@ def warm_start_params(space: Any, *, families: Sequence[str] | None = None) -> d
     The configuration is :meth:`SearchSpace.fixed_config` of the family (its defaults
     where they lie in the space, else the middle of each range), spelled as the
     parameter names :meth:`SearchSpace.sample` suggests (``"model"``,
-    ``"<family>.<param>"``, training and clustering options), so that
+    ``"<family>.<param>"``, depth and widths, training and clustering options), so that
     ``study.enqueue_trial(params)`` replays exactly that configuration.
 
     Parameters
@@ -316,16 +316,21 @@ def warm_start_params(space: Any, *, families: Sequence[str] | None = None) -> d
     space
         A :class:`~ciss_autoimpute.SearchSpace`.
     families
-        Closed-form families (``trainable = False``: ``mean``, ``em``, ``knn``, ``mice``,
-        ``missforest``) to include; ``None`` means all of them that are in the space.
-        Trained families are refused: their defaults are rarely a good configuration
-        and their spaces use meta keys (depth, widths) with no single default point.
+        Families to include. ``None`` means every closed-form family of the space
+        (``trainable = False``: ``mean``, ``em``, ``knn``, ``mice``, ``missforest``) and,
+        when the space holds a single family and it is trained (the ``mnar`` and
+        ``cissvae`` presets), that family: its defaults are a tested starting point,
+        where a study of several deep families would spend one long trial per family.
+        A trained family whose default configuration the sampler cannot replay
+        exactly (e.g. a layer order the space builds from meta parameters) is left
+        out when chosen this way, and refused with an error when named.
 
     Returns
     -------
     dict
         ``{family: params}``, cheapest family first (``mean``, then ``em`` and ``knn``,
-        ``mice``, ``missforest``; the class attribute ``relative_cost``, ties by name).
+        ``mice``, ``missforest``, then trained families; the class attribute
+        ``relative_cost``, ties by name).
 
     Examples
     --------
@@ -335,23 +340,36 @@ def warm_start_params(space: Any, *, families: Sequence[str] | None = None) -> d
     """
     from ..models.registry import get_model_class
 
+    def trained(f: str) -> bool:
+        return bool(getattr(get_model_class(f), "trainable", True))
+
+    named = families is not None
     if families is None:
-        families = [f for f in space.family_names if not getattr(get_model_class(f), "trainable", True)]
+        names = list(space.family_names)
+        families = [f for f in names if not trained(f)]
+        if len(names) == 1 and trained(names[0]):
+            families.append(names[0])
     out: dict[str, dict[str, Any]] = {}
     families = sorted(families, key=lambda f: (getattr(get_model_class(f), "relative_cost", 0), f))
     for family in families:
         if family not in space.family_names:
             raise ValueError(f"warm start: {family!r} is not in the search space {list(space.family_names)}.")
-        if getattr(get_model_class(family), "trainable", True):
-            raise ValueError(
-                f"warm start: {family!r} is a trained family; warm starts cover the closed-form ones "
-                "(mean, em, knn, mice, missforest). Leave it to the sampler."
-            )
         config = space.fixed_config(family)
         # Replay the sampling with the fixed configuration's values to learn the names
         # the trial will suggest, so the enqueued parameters match them one to one.
         recorder = _Recorder(config)
-        space.sample(recorder)
+        replayed = space.sample(recorder)
+        if trained(family) and (replayed.model_params, replayed.train_params) != (
+            config.model_params, config.train_params
+        ):
+            if not named:
+                logger.debug("warm start: %r's defaults cannot be replayed in this space; left out", family)
+                continue
+            raise ValueError(
+                f"warm start: the sampler cannot replay {family!r}'s default configuration in this search "
+                f"space (it would run {replayed.model_params} instead of {config.model_params}); "
+                "pass autotune(..., warm_start=False) or name the families to warm-start."
+            )
         out[family] = recorder.params
     return out
 
@@ -364,8 +382,15 @@ class _Recorder:
     def __init__(self, config: Any) -> None:
         self.config = config
         self.params: dict[str, Any] = {}
-        flat = {"model": config.model}
-        flat.update({f"{config.model}.{k}": v for k, v in config.model_params.items()})
+        model = config.model
+        flat = {"model": model}
+        flat.update({f"{model}.{k}": v for k, v in config.model_params.items()})
+        dims = config.model_params.get("hidden_dims")
+        if isinstance(dims, list) and dims:
+            # A tuned architecture is suggested as a depth and widths, not as the list.
+            flat[f"{model}.num_hidden_layers"] = len(dims)
+            flat[f"{model}.hidden_dim"] = dims[0]
+            flat.update({f"{model}.hidden_dim_{i}": w for i, w in enumerate(dims)})
         flat.update(config.train_params)
         flat.update(config.clustering_params)
         self._flat = flat
@@ -403,7 +428,8 @@ def enqueue_warm_start(
     space
         The :class:`~ciss_autoimpute.SearchSpace` the study samples from.
     families
-        As for :func:`warm_start_params` (default: the closed-form families).
+        As for :func:`warm_start_params` (default: the closed-form families, or the
+        only family of a single-family space).
     limit
         Queue at most this many, cheapest first (``autotune`` passes its trial count,
         so a short run does not leave queued trials behind).
@@ -579,10 +605,14 @@ def autotune(
         Queue, before any sampled trial, one trial per closed-form family of the space
         (``mean``, ``em``, ``knn``, ``mice``, ``missforest``) with its default parameters, so
         a cheap classical baseline is always among the finished trials and the study
-        can only pick a deep model that beats it. Families already warm-started in
+        can only pick a deep model that beats it; a space holding a single trained
+        family (the ``mnar`` preset) starts from that family's defaults instead (see
+        :func:`warm_start_params`). Families already warm-started in
         the study (a resumed study, another worker) are not queued again; see
         :func:`enqueue_warm_start`. The queued trials count towards ``n_trials``; with
         fewer trials than families, the cheapest families are queued (``mean`` first).
+        Trials you queued yourself (``study.enqueue_trial``) run first and take their
+        share of that room.
     ensemble
         How many of the best completed trials of this call may be averaged. Greedy
         ensemble selection (:func:`~ciss_autoimpute.ensemble.select_ensemble`) weighs
@@ -696,8 +726,11 @@ def autotune(
     store = _artifact_store(study, storage if isinstance(storage, (str, os.PathLike)) else resolved, artifact_dir)
 
     if warm_start:
+        # Trials the caller queued run first; a warm start only takes the room they leave,
+        # so a short run never ends with queued trials behind it.
         room = [v for v in (n_trials, study_trials) if v is not None]
-        enqueue_warm_start(study, search_space, limit=min(room) if room else None)
+        waiting = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+        enqueue_warm_start(study, search_space, limit=max(0, min(room) - waiting) if room else None)
 
     target = None
     if study_trials is not None:
