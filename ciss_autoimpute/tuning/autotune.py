@@ -368,7 +368,7 @@ def warm_start_params(space: Any, *, families: Sequence[str] | None = None) -> d
             raise ValueError(
                 f"warm start: the sampler cannot replay {family!r}'s default configuration in this search "
                 f"space (it would run {replayed.model_params} instead of {config.model_params}); "
-                "pass autotune(..., warm_start=False) or name the families to warm-start."
+                f"leave {family!r} out of families, or pass autotune(..., warm_start=False)."
             )
         out[family] = recorder.params
     return out
@@ -387,10 +387,12 @@ class _Recorder:
         flat.update({f"{model}.{k}": v for k, v in config.model_params.items()})
         dims = config.model_params.get("hidden_dims")
         if isinstance(dims, list) and dims:
+            from .search_space import _DEPTH, _WIDTH
+
             # A tuned architecture is suggested as a depth and widths, not as the list.
-            flat[f"{model}.num_hidden_layers"] = len(dims)
-            flat[f"{model}.hidden_dim"] = dims[0]
-            flat.update({f"{model}.hidden_dim_{i}": w for i, w in enumerate(dims)})
+            flat[f"{model}.{_DEPTH}"] = len(dims)
+            flat[f"{model}.{_WIDTH}"] = dims[0]
+            flat.update({f"{model}.{_WIDTH}_{i}": w for i, w in enumerate(dims)})
         flat.update(config.train_params)
         flat.update(config.clustering_params)
         self._flat = flat
