@@ -15,6 +15,7 @@ _EXPORTS = {
     "ClusteringOptions": "ciss_autoimpute.data.dataset",
     "Schema": "ciss_autoimpute.data.schema",
     "make_missing": "ciss_autoimpute.data.masks",
+    "missingness_direction_evidence": "ciss_autoimpute.data.diagnostics",
     "cluster_missingness": "ciss_autoimpute.clustering",
     "available_models": "ciss_autoimpute.models.registry",
     "build_model": "ciss_autoimpute.models.registry",

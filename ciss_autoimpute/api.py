@@ -110,6 +110,14 @@ def run_imputation(
     -------
     ImputationResult
 
+    Warns
+    -----
+    UserWarning
+        A self-masking ``notmiwae`` fit learned, for some column, the direction opposite
+        to the one the observed data calls
+        (:func:`~ciss_autoimpute.data.diagnostics.missingness_direction_evidence`); the
+        message names the columns and the ``signs`` that would fix them.
+
     Examples
     --------
     >>> import numpy as np, pandas as pd
@@ -198,10 +206,40 @@ def run_imputation(
         device=device,
     )
     imputer.fit_dataset(dataset, callbacks=callbacks)
+    _warn_against_the_data(imputer, dataset)
     return ImputationResult(
         imputed=_like_input(data, imputer.fit_imputed_.copy()),
         imputer=imputer,
         model=model,
         validation_error=float(imputer.best_score_),
         history=imputer.history_,
+    )
+
+
+def _warn_against_the_data(imputer: Any, dataset: Any) -> None:
+    """Warn when a self-masking fit's learned directions contradict the data's evidence."""
+    from .data.diagnostics import missingness_direction_evidence
+    from .tuning.autotune import direction_outliers, learned_directions
+
+    learned = learned_directions(imputer)
+    if not learned:
+        return
+    called = missingness_direction_evidence(dataset)
+    against = direction_outliers({0: learned}, called["direction"].to_dict()).get(0, [])
+    if not against:
+        return
+    def sign_of(column: str) -> int:
+        """The data's call, else what the fit learned, else +1 (never missing: any sign works)."""
+        return int(called["direction"].get(column, 0)) or int(learned.get(column, 1))
+
+    signs = [sign_of(str(n)) for n in imputer.model_.layout.names]
+    t = ", ".join(f"{f} (learned {'high' if learned[f] > 0 else 'low'} values missing, data t = "
+                  f"{called.loc[f, 't']:+.1f})" for f in against)
+    warnings.warn(
+        f"not-MIWAE learned the missingness direction opposite to what the observed data shows for {t}; "
+        f"its imputations of those columns are likely shifted the wrong way. If you know the directions, refit "
+        f"with model_params={{'missing_process': 'selfmasking_known_signs', 'signs': {signs}}} "
+        "(+1: high values go missing), or compare with another seed.",
+        UserWarning,
+        stacklevel=3,
     )

@@ -504,6 +504,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             show_progress=not _quiet(args),
             trial_callbacks=[progress],
             ensemble=args.ensemble,
+            direction_check=not args.no_direction_check,
         )
     finally:
         progress.close()
@@ -790,6 +791,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ensemble", type=_nonnegative_int, default=8, metavar="K",
                    help="average up to K of the best trials when a weighted mix beats the best one on the "
                         "holdout (greedy ensemble selection); 0 keeps the best trial alone (default 8)")
+    p.add_argument("--no-direction-check", action="store_true",
+                   help="keep self-masking not-MIWAE trials whose learned missingness direction contradicts the "
+                        "one the observed data calls (by default they are left out of the best trial and ensemble)")
     p.add_argument("-o", "--output", metavar="OUTPUT",
                    help="write the completed table here (the ensemble's, or the best trial's)")
     p.add_argument("--report", metavar="DIR", help="write PNG figures and index.md about the study here")

@@ -199,9 +199,13 @@ class Imputer(TransformerMixin, BaseEstimator):
 
         self._check_params()
         train_cfg, refit_cfg = configs_from_dict(dict(self.train_params or {}))
-        model = build_model(
-            self.model, dataset.layout, dataset.n_clusters, dict(self.model_params or {}), seed=self.seed
-        )
+        params = dict(self.model_params or {})
+        if isinstance(params.get("signs"), str) and params["signs"] == "data":
+            from .data.diagnostics import data_signs
+
+            # Resolved on the data being fitted; the fitted model keeps the list.
+            params["signs"] = data_signs(dataset)
+        model = build_model(self.model, dataset.layout, dataset.n_clusters, params, seed=self.seed)
         trainer = Trainer(
             model, train_cfg, refit_cfg, callbacks=list(callbacks), seed=self.seed, device=dataset.device
         )

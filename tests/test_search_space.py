@@ -48,7 +48,10 @@ def _run(space: SearchSpace, n_trials: int, seed: int = 0) -> tuple[optuna.Study
 def _build(cfg: TrialConfig) -> dict:
     """Build the model the config describes (2 clusters, 3 numeric columns); its checked parameters."""
     get_model_class(cfg.model).resolve_params(cfg.model_params)  # raises on any meta key left behind
-    model = build_model(cfg.model, FeatureLayout.all_numeric(3), 2, cfg.model_params, seed=0)
+    params = dict(cfg.model_params)
+    if params.get("signs") == "data":
+        params["signs"] = [1, -1, 0]  # what the Imputer reads from the data before it builds the model
+    model = build_model(cfg.model, FeatureLayout.all_numeric(3), 2, params, seed=0)
     return model.params
 
 
@@ -152,7 +155,7 @@ def test_quick_preset_is_small():
             assert depth.high <= 2, fam
 
 
-def test_mnar_preset_fixes_self_masking_and_starts_from_the_defaults():
+def test_mnar_preset_reads_self_masking_signs_from_the_data_and_starts_from_the_defaults():
     from ciss_autoimpute.models.families.notmiwae import NotMIWAE
     from ciss_autoimpute.training import TrainConfig
     from ciss_autoimpute.tuning.autotune import warm_start_params
@@ -162,12 +165,19 @@ def test_mnar_preset_fixes_self_masking_and_starts_from_the_defaults():
     # MAR comparator would win it for the wrong reason; for the same reason the holdout
     # does not choose the missing process (linear / nonlinear drifted where it cannot see).
     assert space.family_names == ("notmiwae",)
-    assert space.families["notmiwae"]["missing_process"] == Fixed("selfmasking")
-    # The study's first trial replays not-MIWAE's defaults.
+    # Self-masking with the directions the data calls fixed (a free direction can settle on
+    # the wrong side, which the holdout cannot see), the others learned.
+    assert space.families["notmiwae"]["missing_process"] == Fixed("selfmasking_known_signs")
+    assert space.families["notmiwae"]["signs"] == Fixed("data")
+    # The study's first trial replays not-MIWAE's defaults, with those signs.
     config = space.sample(optuna.trial.FixedTrial(warm_start_params(space)["notmiwae"]))
     defaults = NotMIWAE.default_params()
-    for key in ("hidden_dims", "latent_dim", "likelihood", "activation", "n_samples", "missing_process"):
+    for key in ("hidden_dims", "latent_dim", "likelihood", "activation", "n_samples"):
         assert config.model_params[key] == defaults[key], key
+    assert config.model_params["missing_process"] == "selfmasking_known_signs"
+    assert config.model_params["signs"] == "data"
+    # The preset survives its JSON round trip (a string where signs are usually a list).
+    assert SearchSpace.from_dict(space.to_dict()) == space
     assert config.train_params["lr"] == TrainConfig().lr and config.train_params["epochs"] == TrainConfig().epochs
 
 

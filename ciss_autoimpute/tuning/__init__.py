@@ -22,6 +22,7 @@ _EXPORTS = {
     "make_objective": ".autotune",
     "default_sampler": ".autotune",
     "default_pruner": ".autotune",
+    "direction_outliers": ".autotune",
     "resolve_storage": ".storage",
     "mask_url": ".storage",
     "available_presets": ".presets",

@@ -25,10 +25,13 @@ from .workers import SurplusTrialError
 __all__ = [
     "PruningCallback",
     "TuneResult",
+    "DIRECTIONS_ATTR",
     "WARM_START_ATTR",
     "autotune",
     "default_pruner",
     "default_sampler",
+    "direction_outliers",
+    "learned_directions",
     "enqueue_warm_start",
     "make_objective",
     "warm_start_params",
@@ -36,6 +39,13 @@ __all__ = [
 
 #: Trial user attribute naming the family whose defaults a warm-start trial runs.
 WARM_START_ATTR = "warm_start"
+
+#: Trial user attribute of a self-masking not-MIWAE trial: ``{feature: +1 or -1}``, the
+#: direction it learned for each column that had missing cells (+1: high values go missing).
+DIRECTIONS_ATTR = "missing_directions"
+
+#: Study user attribute recording the direction check of the last ``autotune`` call.
+DIRECTION_CHECK_ATTR = "direction_check"
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +103,9 @@ class TuneResult:
         The data with missing cells filled by :attr:`imputer` (same index, columns and
         dtypes; observed cells untouched).
     best_params
-        The best trial's Optuna parameters.
+        The best trial's Optuna parameters. "Best" is the lowest holdout error among
+        the trials the direction check kept (``direction_check=``), which is
+        ``study.best_trial`` unless that trial was left out.
     best_value
         Its validation error (lower is better).
     best_config
@@ -225,6 +237,9 @@ class _Objective:
         if not math.isfinite(value):
             trial.set_user_attr("fail_reason", f"non-finite validation error {value}")
             raise TrainingDivergedError(f"validation error is {value}")
+        directions = learned_directions(imputer)
+        if directions:
+            trial.set_user_attr(DIRECTIONS_ATTR, directions)
         if value < self.best_value:
             self.best_value = value
             self.best_number = trial.number
@@ -479,6 +494,101 @@ def _check_warm_start_duplicate(trial: Any) -> None:
         )
 
 
+def learned_directions(imputer: Any) -> dict[str, int]:
+    """``{feature: +1 or -1}`` learned by a fitted self-masking not-MIWAE, else ``{}``.
+
+    +1: high values go missing, -1: low values go missing. Only columns that had
+    missing cells in training and a non-zero slope are listed (the others learned
+    nothing). Linear and nonlinear missing processes have no per-column direction.
+    """
+    model = getattr(imputer, "model_", None)
+    if not getattr(model, "models_missingness", False) or not hasattr(model, "interpret_missing_process"):
+        return {}
+    try:
+        frame = model.interpret_missing_process()
+    except ValueError:  # linear / nonlinear processes
+        return {}
+    frame = frame[frame["had_missing"] & (frame["strength"] > 0)]
+    return {str(f): (1 if str(d).startswith("high") else -1) for f, d in frame["direction"].items()}
+
+
+def direction_outliers(
+    directions: dict[int, dict[str, int]], reference: dict[str, int]
+) -> dict[int, list[str]]:
+    """The trials that learned a missingness direction opposite to ``reference``.
+
+    Parameters
+    ----------
+    directions
+        ``{trial number: {feature: +1 or -1}}``, as recorded in each trial's
+        :data:`DIRECTIONS_ATTR`.
+    reference
+        ``{feature: +1, -1 or 0}`` to hold the trials to, e.g. the ``direction``
+        column of :func:`~ciss_autoimpute.data.diagnostics.missingness_direction_evidence`;
+        0 (no call) and features it does not name hold no trial back.
+
+    Returns
+    -------
+    dict
+        Each trial that opposes ``reference`` on some feature, mapped to those features
+        (in the order the trial lists them).
+    """
+    for feature, sign in reference.items():
+        if sign not in (1, -1, 0):
+            raise ValueError(f"reference direction of {feature!r} must be +1, -1 or 0, got {sign!r}.")
+    outliers: dict[int, list[str]] = {}
+    for number, learned in directions.items():
+        against = []
+        for feature, sign in learned.items():
+            if sign not in (1, -1):
+                raise ValueError(f"direction of {feature!r} in trial {number} must be +1 or -1, got {sign!r}.")
+            if reference.get(feature, 0) == -sign:
+                against.append(feature)
+        if against:
+            outliers[number] = against
+    return outliers
+
+
+def _apply_direction_check(study: Any, complete: list[Any], best: Any, dataset: Any) -> tuple[Any, set[int]]:
+    """The best completed trial whose learned directions do not contradict the data's evidence.
+
+    Returns ``(best trial, numbers of the trials left out)``; records the directions,
+    the data's evidence and the outliers on the study (:data:`DIRECTION_CHECK_ATTR`).
+    """
+    from ..data.diagnostics import missingness_direction_evidence
+
+    learned = {t.number: t.user_attrs[DIRECTIONS_ATTR] for t in complete if t.user_attrs.get(DIRECTIONS_ATTR)}
+    if not learned:
+        return best, set()
+    evidence = missingness_direction_evidence(dataset)
+    called = {str(f): int(d) for f, d in evidence["direction"].items() if d}
+    outliers = direction_outliers(learned, called)
+    study.set_user_attr(
+        DIRECTION_CHECK_ATTR,
+        {
+            "directions": called,
+            "from_data": {str(f): round(float(t), 2) for f, t in evidence["t"].items() if np.isfinite(t)},
+            "outliers": {str(n): f for n, f in outliers.items()},
+            "trials": len(learned),
+        },
+    )
+    kept = [t for t in complete if t.number not in outliers]
+    if not outliers or not kept:
+        return best, set()
+    for number, features in outliers.items():
+        logger.info(
+            "Trial %d learned the missingness direction opposite to the data's evidence on %s; it is left out "
+            "of the selection (autotune(..., direction_check=False) keeps it).", number, features,
+        )
+    chosen = min(kept, key=lambda t: (t.value, t.number))
+    if chosen.number != best.number:
+        logger.info(
+            "Returning trial %d (holdout error %.4g) instead of the study's best trial %d (%.4g), whose learned "
+            "missingness directions contradict the data's evidence.", chosen.number, chosen.value, best.number, best.value,
+        )
+    return chosen, set(outliers)
+
+
 def _artifact_store(study: Any, storage_arg: Any, artifact_dir: Any) -> Any:
     """The shared folder of best-model artifacts: given, else recorded on the study, else the default.
 
@@ -541,6 +651,7 @@ def autotune(
     data_path: str | os.PathLike | None = None,
     warm_start: bool = True,
     ensemble: int = 8,
+    direction_check: bool = True,
 ) -> TuneResult:
     """Tune the model family and its hyperparameters with Optuna.
 
@@ -625,6 +736,20 @@ def autotune(
         this call can join (their holdout imputations are kept in memory, one copy of
         the held-out and missing cells per candidate); when the study's best trial ran
         elsewhere (another worker, an earlier session), the best trial is returned alone.
+    direction_check
+        Trials of a self-masking not-MIWAE record the direction they learned for each
+        column with missing cells (trial attribute ``missing_directions``: +1 high values
+        go missing, -1 low). The holdout, made of observed cells, cannot tell which
+        direction is right, and a fit sometimes settles on the wrong one while scoring
+        as well as the others there, or better. With ``True`` (the default), trials
+        whose learned direction contradicts a direction the observed data calls clearly
+        (:func:`~ciss_autoimpute.data.diagnostics.missingness_direction_evidence`,
+        ``|t| >= 3``) are left out of the best trial and of the ensemble
+        (:func:`direction_outliers`), unless every trial would be. The study's own
+        ``best_trial`` is unchanged; the called directions, the data's ``t`` per column
+        and the outliers are recorded on the study (user attribute
+        ``direction_check``). ``False`` ranks every trial by the holdout alone.
+        Studies without such trials are not affected.
 
     Returns
     -------
@@ -680,6 +805,8 @@ def autotune(
         raise TypeError(f"data_path must be a path or None, got {type(data_path).__name__}.")
     if not isinstance(warm_start, bool):
         raise TypeError(f"warm_start must be True or False, got {warm_start!r}.")
+    if not isinstance(direction_check, bool):
+        raise TypeError(f"direction_check must be True or False, got {direction_check!r}.")
     if isinstance(ensemble, bool) or not isinstance(ensemble, (int, np.integer)) or ensemble < 0:
         raise ValueError(
             f"ensemble must be a non-negative integer (trials that may be averaged; 0 turns it off), got {ensemble!r}."
@@ -763,11 +890,14 @@ def autotune(
             "Widen the search space, lower the learning rate, or add trials."
         )
     best = study.best_trial
+    excluded: set[int] = set()
+    if direction_check:
+        best, excluded = _apply_direction_check(study, complete, best, dataset)
     imputer = _best_imputer(best, objective, store, dataset, search_space, seed)
     history = getattr(imputer, "history_", {})
     weights: dict[int, float] = {}
     value: float | None = None
-    combined = _build_ensemble(objective, best, dataset)
+    combined = _build_ensemble(objective, best, dataset, excluded)
     if combined is not None:
         imputer = combined
         weights = dict(zip(combined.trial_numbers_, combined.weights_))
@@ -792,11 +922,12 @@ def autotune(
     )
 
 
-def _build_ensemble(objective: _Objective, best: Any, dataset: Any) -> Any:
-    """An :class:`EnsembleImputer` of this call's best trials, or ``None`` when one trial is as good."""
+def _build_ensemble(objective: _Objective, best: Any, dataset: Any, excluded: set[int] = frozenset()) -> Any:
+    """An :class:`EnsembleImputer` of this call's best trials (but ``excluded``), or ``None``
+    when one trial is as good."""
     from ..ensemble import EnsembleImputer, ensemble_imputed, select_ensemble
 
-    cands = objective.candidates
+    cands = [c for c in objective.candidates if c[1] not in excluded]
     if objective.ensemble <= 1 or len(cands) < 2 or not bool(dataset.data.val_mask.any()):
         return None
     if cands[0][1] != best.number:
@@ -821,10 +952,18 @@ def _build_ensemble(objective: _Objective, best: Any, dataset: Any) -> Any:
 
 def _best_imputer(best: Any, objective: _Objective, store: Any, dataset: Any, space: Any, seed: int) -> Any:
     """The best trial's fitted imputer: from memory, else its artifact, else refit once."""
+    from ..ensemble import ensemble_imputed
     from ..imputer import Imputer
 
     if objective.best_number == best.number and objective.best_imputer is not None:
         return objective.best_imputer
+    for _, number, candidate, _ in objective.candidates:
+        if number == best.number:
+            # A candidate kept for the ensemble (chosen over the holdout's best by the
+            # direction check): complete the data with its kept imputations.
+            if not hasattr(candidate, "fit_imputed_"):
+                candidate.fit_imputed_ = ensemble_imputed([candidate.predictions_.missing], [1.0], dataset)
+            return candidate
     artifact_id = best.user_attrs.get("imputer_artifact_id")
     reason = "left no artifact"
     if store is not None and artifact_id:
@@ -842,7 +981,8 @@ def _best_imputer(best: Any, objective: _Objective, store: Any, dataset: Any, sp
             imputer.fit_imputed_ = imputer.transform(dataset.frame)
             return imputer
     logger.warning(
-        "The best trial (%d) was run elsewhere and %s; refitting its configuration once.", best.number, reason
+        "The selected trial (%d) is not in this process's memory and %s; refitting its configuration once.",
+        best.number, reason,
     )
     from .search_space import TrialConfig
 

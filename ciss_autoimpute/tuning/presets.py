@@ -12,8 +12,8 @@ they still match).
 * ``quick`` — the same families, small networks, 20-60 epochs, at most 4 refit loops, and the classical
   baselines with cheap settings (at most 4 MissForest rounds of 10-30 shallow trees): a
   time-bounded ``run_imputation(model="auto")`` on small data.
-* ``mnar`` — not-MIWAE alone with a self-masking missing process, starting from its defaults (the
-  holdout cannot judge MNAR corrections).
+* ``mnar`` — not-MIWAE alone with a self-masking missing process whose directions are read from
+  the data (``signs="data"``), starting from its defaults (the holdout cannot judge MNAR corrections).
 * ``cissvae`` — the CISS-VAE package's own space, with epochs and loops sized for a CPU.
 """
 
@@ -129,11 +129,16 @@ def _mnar() -> SearchSpace:
     values where the holdout cannot see (under the not-MIWAE paper's protocol,
     concrete 2.16 and yeast 2.51 RMSE against the column mean's 1.85 and 1.73). Use
     them through ``SearchSpace({"notmiwae": {"missing_process": ...}})`` if you can
-    validate on planted MNAR masks. ``selfmasking_known_signs`` is left out: it needs
-    the direction of every column (``signs``), which only the user knows; add it with
+    validate on planted MNAR masks.
+
+    The self-masking directions come from the data: ``"selfmasking_known_signs"`` with
+    ``signs="data"`` fixes each numeric column's direction where
+    :func:`~ciss_autoimpute.data.diagnostics.missingness_direction_evidence` calls one
+    and learns the others. Learned freely, a trial can settle on the wrong direction for
+    a column, which the holdout cannot see. If you know the directions, pass them:
     ``SearchSpace({"notmiwae": {"missing_process": "selfmasking_known_signs", "signs": [...]}})``.
     """
-    families = {"notmiwae": {"missing_process": Fixed("selfmasking")}}
+    families = {"notmiwae": {"missing_process": Fixed("selfmasking_known_signs"), "signs": Fixed("data")}}
     return SearchSpace(families, train=default_train_space())
 
 

@@ -568,7 +568,8 @@ class SearchSpace:
                     )
                 )
             if k in defaults and _is_list_valued(k, defaults) and not isinstance(p.value, tuple):
-                if not (p.value is None and defaults[k] is None):
+                # not-MIWAE's signs may also be "data": read from the data when a trial fits.
+                if not (p.value is None and defaults[k] is None) and not (k == "signs" and p.value == "data"):
                     raise ValueError(f"{where}[{k!r}] must be a list, got {p.value!r}.")
         if "hidden_dims" in params:
             bad = [w for w in params["hidden_dims"].value if isinstance(w, bool) or not isinstance(w, int) or w < 1]

@@ -71,11 +71,12 @@ class MissingProcess(nn.Module):
     kind
         ``"selfmasking"``: ``logit p(s_u = 1|x) = sum_{j in u} -W_j (x_j - b_j)``;
         ``"selfmasking_known_signs"``: the same with ``W_j = sign_j * softplus(w_j)``
-        so the direction is fixed; ``"linear"``: a linear map of the whole row;
+        so the direction is fixed (a column with sign 0 keeps a free slope ``W_j = w_j``); ``"linear"``: a linear map of the whole row;
         ``"nonlinear"``: a one-hidden-layer tanh network of the whole row.
     signs
-        Per-user-column ``+1`` (high values go missing) or ``-1`` (low values go
-        missing); used by ``"selfmasking_known_signs"`` only. ``None`` means all ``+1``.
+        Per-user-column ``+1`` (high values go missing), ``-1`` (low values go
+        missing) or ``0`` (unknown: learn the direction); used by
+        ``"selfmasking_known_signs"`` only. ``None`` means all ``+1``.
     hidden_dim
         Hidden width of the ``"nonlinear"`` process.
 
@@ -108,6 +109,9 @@ class MissingProcess(nn.Module):
             self.b = nn.Parameter(torch.zeros(d))
             per_col = [1.0] * d if signs is None else [float(signs[c]) for c in col_of]
             self.register_buffer("signs", torch.tensor(per_col), persistent=False)
+            # Columns of unknown direction (sign 0) keep a free slope; None when there are none.
+            free = torch.tensor([v == 0.0 for v in per_col])
+            self.register_buffer("free", free if bool(free.any()) else None, persistent=False)
         elif kind == "linear":
             self.net = ClusterLinear(d, n_units, float_output=True)
         elif kind == "nonlinear":
@@ -132,7 +136,8 @@ class MissingProcess(nn.Module):
         if self.kind == "selfmasking":
             return self.w
         if self.kind == "selfmasking_known_signs":
-            return self.signs * F.softplus(self.w)
+            fixed = self.signs * F.softplus(self.w)
+            return fixed if self.free is None else torch.where(self.free, self.w, fixed)
         raise ValueError(f"The {self.kind!r} missing process has no self-masking slopes.")
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -211,9 +216,9 @@ class NotMIWAE(MIWAE):
         As for :class:`~ciss_autoimpute.models.families.miwae.MIWAE`.
     **params
         The MIWAE parameters plus ``missing_process`` (one of
-        :data:`MISSING_PROCESSES`, see :class:`MissingProcess`), ``signs`` (``None``
-        or one ``+1``/``-1`` per user column in ``layout.names`` order, for
-        ``"selfmasking_known_signs"``; ignored by the other processes) and
+        :data:`MISSING_PROCESSES`, see :class:`MissingProcess`), ``signs`` (``None``,
+        one ``+1``/``-1``/``0`` per user column in ``layout.names`` order, or
+        ``"data"``, for ``"selfmasking_known_signs"``; ignored by the other processes) and
         ``missing_hidden_dim`` (hidden width of the ``"nonlinear"`` process).
 
     Notes
@@ -242,6 +247,12 @@ class NotMIWAE(MIWAE):
     * Search-space meta keys: ``num_hidden_layers`` + ``hidden_dim`` (-> ``hidden_dims``).
       ``"selfmasking_known_signs"`` is left out of the default space because it
       needs the user's ``signs``.
+    * ``signs="data"`` takes each column's sign from the observed data when
+      :class:`~ciss_autoimpute.Imputer` (or ``run_imputation``, ``autotune``) fits:
+      the direction :func:`~ciss_autoimpute.data.diagnostics.missingness_direction_evidence`
+      calls, and 0 (learned) for the columns it does not call. The fitted model keeps
+      the resolved list; :func:`~ciss_autoimpute.models.registry.build_model` needs the
+      list itself.
     """
 
     name = "notmiwae"
@@ -268,20 +279,28 @@ class NotMIWAE(MIWAE):
         out["missing_process"] = check_choice(cls.name, "missing_process", p["missing_process"], MISSING_PROCESSES)
         out["missing_hidden_dim"] = check_int(cls.name, "missing_hidden_dim", p["missing_hidden_dim"])
         signs = p["signs"]
-        if signs is not None:
+        if signs is not None and not (isinstance(signs, str) and signs == "data"):
             if isinstance(signs, (str, bytes)) or not isinstance(signs, (list, tuple)):
-                raise ValueError(f"notmiwae: parameter 'signs' must be None or a list of +1/-1, got {signs!r}.")
-            bad = [v for v in signs if isinstance(v, bool) or v not in (1, -1)]
+                raise ValueError(
+                    f"notmiwae: parameter 'signs' must be None, 'data' or a list of +1/-1/0, got {signs!r}."
+                )
+            bad = [v for v in signs if isinstance(v, bool) or v not in (1, -1, 0)]
             if bad:
                 raise ValueError(
-                    f"notmiwae: parameter 'signs' must hold +1 (high values go missing) or -1 (low values "
-                    f"go missing), got {list(signs)!r}."
+                    f"notmiwae: parameter 'signs' must hold +1 (high values go missing), -1 (low values "
+                    f"go missing) or 0 (unknown: learn it), got {list(signs)!r}."
                 )
             out["signs"] = [int(v) for v in signs]
         return out
 
     def _build_extra(self) -> None:
         signs = self.params["signs"]
+        if signs == "data":
+            raise ValueError(
+                "notmiwae: signs='data' is read from the data when an Imputer (or run_imputation / autotune) fits; "
+                "to build the model directly, pass one +1/-1/0 per column (see "
+                "ciss_autoimpute.data.diagnostics.data_signs)."
+            )
         if signs is not None and len(signs) != self.layout.n_columns:
             raise ValueError(
                 f"notmiwae: 'signs' has {len(signs)} entries but the data has {self.layout.n_columns} columns "
