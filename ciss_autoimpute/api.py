@@ -228,11 +228,9 @@ def _warn_against_the_data(imputer: Any, dataset: Any) -> None:
     against = direction_outliers({0: learned}, called["direction"].to_dict()).get(0, [])
     if not against:
         return
-    def sign_of(column: str) -> int:
-        """The data's call, else what the fit learned, else +1 (never missing: any sign works)."""
-        return int(called["direction"].get(column, 0)) or int(learned.get(column, 1))
-
-    signs = [sign_of(str(n)) for n in imputer.model_.layout.names]
+    # Per column: the data's call, else what the fit learned, else +1 (never missing: any sign works).
+    signs = [int(called["direction"].get(str(n), 0)) or int(learned.get(str(n), 1))
+             for n in imputer.model_.layout.names]
     t = ", ".join(f"{f} (learned {'high' if learned[f] > 0 else 'low'} values missing, data t = "
                   f"{called.loc[f, 't']:+.1f})" for f in against)
     warnings.warn(

@@ -200,7 +200,7 @@ class Imputer(TransformerMixin, BaseEstimator):
         self._check_params()
         train_cfg, refit_cfg = configs_from_dict(dict(self.train_params or {}))
         params = dict(self.model_params or {})
-        if isinstance(params.get("signs"), str) and params["signs"] == "data":
+        if params.get("signs") == "data":
             from .data.diagnostics import data_signs
 
             # Resolved on the data being fitted; the fitted model keeps the list.

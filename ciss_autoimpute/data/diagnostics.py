@@ -73,8 +73,6 @@ def missingness_direction_evidence(
     feature
     bill_length  22.5         1        171         159
     """
-    from ..models.families.notmiwae import encoded_labels
-
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold > 0:
         raise ValueError(f"threshold must be a positive number (|t| from which a direction is called), got {threshold!r}.")
     if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not ridge >= 0:
@@ -96,7 +94,6 @@ def missingness_direction_evidence(
     layout = data.layout
     column_of = np.asarray(layout.column_of)
     has_missing = ~observed.all(0)
-    labels = encoded_labels(layout)
     rows = []
     for j in layout.numeric:
         if not has_missing[j]:
@@ -109,7 +106,8 @@ def missingness_direction_evidence(
             t = _welch_t(_ridge_predictions(features, x[:, j], fit, ridge), fit, gone)
             if np.isfinite(t) and abs(t) >= threshold:
                 direction = 1 if t > 0 else -1
-        rows.append((labels[j], t, direction, int(gone.sum()), int(fit.sum())))
+        # A numeric column is one encoded column, labelled by its user column's name.
+        rows.append((str(layout.names[column_of[j]]), t, direction, int(gone.sum()), int(fit.sum())))
     frame = pd.DataFrame(rows, columns=["feature", "t", "direction", "n_missing", "n_observed"])
     return frame.set_index("feature")
 

@@ -11,7 +11,7 @@ import resource
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -922,7 +922,7 @@ def autotune(
     )
 
 
-def _build_ensemble(objective: _Objective, best: Any, dataset: Any, excluded: set[int] = frozenset()) -> Any:
+def _build_ensemble(objective: _Objective, best: Any, dataset: Any, excluded: Collection[int] = frozenset()) -> Any:
     """An :class:`EnsembleImputer` of this call's best trials (but ``excluded``), or ``None``
     when one trial is as good."""
     from ..ensemble import EnsembleImputer, ensemble_imputed, select_ensemble

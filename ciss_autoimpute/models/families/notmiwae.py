@@ -71,7 +71,8 @@ class MissingProcess(nn.Module):
     kind
         ``"selfmasking"``: ``logit p(s_u = 1|x) = sum_{j in u} -W_j (x_j - b_j)``;
         ``"selfmasking_known_signs"``: the same with ``W_j = sign_j * softplus(w_j)``
-        so the direction is fixed (a column with sign 0 keeps a free slope ``W_j = w_j``); ``"linear"``: a linear map of the whole row;
+        so the direction is fixed (a column with sign 0 keeps a free slope ``W_j = w_j``);
+        ``"linear"``: a linear map of the whole row;
         ``"nonlinear"``: a one-hidden-layer tanh network of the whole row.
     signs
         Per-user-column ``+1`` (high values go missing), ``-1`` (low values go
@@ -110,7 +111,7 @@ class MissingProcess(nn.Module):
             per_col = [1.0] * d if signs is None else [float(signs[c]) for c in col_of]
             self.register_buffer("signs", torch.tensor(per_col), persistent=False)
             # Columns of unknown direction (sign 0) keep a free slope; None when there are none.
-            free = torch.tensor([v == 0.0 for v in per_col])
+            free = self.signs == 0
             self.register_buffer("free", free if bool(free.any()) else None, persistent=False)
         elif kind == "linear":
             self.net = ClusterLinear(d, n_units, float_output=True)
