@@ -37,17 +37,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
                         help="also profile this many steps with torch.profiler and print the top ops")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--package-arch", action="store_true",
+                        help="the CISS-VAE package's architecture and optimiser (as in bench_speed.py's package "
+                             "comparison): batch 4000, no clipping; use with --families cissvae")
     args = parser.parse_args(argv)
 
     import torch
 
     torch.set_num_threads(1)
     sys.path.insert(0, str(ROOT / "scripts"))
-    from bench_speed import make_data
+    from bench_speed import PACKAGE_ARCH, PACKAGE_TRAIN, make_data
 
     from ciss_autoimpute.data.dataset import ClusterDataset
     from ciss_autoimpute.models.registry import build_model
 
+    params: dict = {}
+    clip: float | None = 5.0
+    if args.package_arch:
+        params = {**PACKAGE_ARCH, "likelihood": "gaussian_fixed", "beta": PACKAGE_TRAIN["beta"]}
+        args.batch_size, clip = PACKAGE_TRAIN["batch_size"], None
     x, labels = make_data(args.rows, args.cols, args.seed)
     ds = ClusterDataset(x, clusters=labels, val_proportion=0.1, seed=args.seed, device="cpu")
     d = ds.data
@@ -64,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| family | forward | backward | optimiser | step |")
     print("|---|---:|---:|---:|---:|")
     for family in args.families:
-        model = build_model(family, ds.layout, ds.n_clusters, {}, seed=args.seed)
+        model = build_model(family, ds.layout, ds.n_clusters, params, seed=args.seed)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
         gen = torch.Generator().manual_seed(args.seed)
         extra = {"observed": None} if getattr(model, "models_missingness", False) else {}
@@ -78,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             t2 = time.process_time()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
             t3 = time.process_time()
             if parts is not None:
