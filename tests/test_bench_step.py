@@ -20,3 +20,16 @@ def test_bench_step_times_each_family_in_three_parts(capsys):
         forward, backward, optimiser, step = (float(v) for v in row.strip("|").split("|")[1:])
         assert min(forward, backward, optimiser) > 0
         assert abs(step - (forward + backward + optimiser)) < 0.02
+
+
+def test_bench_step_package_arch_uses_the_package_batch(capsys):
+    spec = importlib.util.spec_from_file_location("bench_step_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--families", "cissvae", "--package-arch", "--rows", "8000",
+                        "--steps", "1", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    # The package's batch of 4000 rows replaces --batch-size, and the row is timed.
+    assert "batch 4000" in out
+    row = next(line for line in out.splitlines() if line.startswith("| cissvae"))
+    assert float(row.strip("|").split("|")[-1]) > 0
