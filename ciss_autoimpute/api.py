@@ -217,27 +217,48 @@ def run_imputation(
 
 
 def _warn_against_the_data(imputer: Any, dataset: Any) -> None:
-    """Warn when a self-masking fit's learned directions contradict the data's evidence."""
+    """Warn when a self-masking fit's directions contradict the data's evidence.
+
+    Learned directions and signs the user gave are told apart: a learned one gets the
+    signs that would fix it, a given one is pointed out as the user's to check.
+    """
     from .data.diagnostics import missingness_direction_evidence
     from .tuning.autotune import direction_outliers, learned_directions
 
     learned = learned_directions(imputer)
-    if not learned:
+    given = learned_directions(imputer, given=True)
+    if not learned and not given:
         return
     called = missingness_direction_evidence(dataset)
-    against = direction_outliers({0: learned}, called["direction"].to_dict()).get(0, [])
-    if not against:
-        return
-    # Per column: the data's call, else what the fit learned, else +1 (never missing: any sign works).
-    signs = [int(called["direction"].get(str(n), 0)) or int(learned.get(str(n), 1))
-             for n in imputer.model_.layout.names]
-    t = ", ".join(f"{f} (learned {'high' if learned[f] > 0 else 'low'} values missing, data t = "
-                  f"{called.loc[f, 't']:+.1f})" for f in against)
-    warnings.warn(
-        f"not-MIWAE learned the missingness direction opposite to what the observed data shows for {t}; "
-        f"its imputations of those columns are likely shifted the wrong way. If you know the directions, refit "
-        f"with model_params={{'missing_process': 'selfmasking_known_signs', 'signs': {signs}}} "
-        "(+1: high values go missing), or compare with another seed.",
-        UserWarning,
-        stacklevel=3,
-    )
+    reference = called["direction"].to_dict()
+    against = direction_outliers({0: learned}, reference).get(0, [])
+    against_given = direction_outliers({0: given}, reference).get(0, [])
+
+    def side(sign: int) -> str:
+        return "high" if sign > 0 else "low"
+
+    if against:
+        # Per column: the data's call, else the fit's sign, else +1 (never missing: any sign works).
+        fitted = {**learned, **given}
+        signs = [int(called["direction"].get(str(n), 0)) or int(fitted.get(str(n), 1))
+                 for n in imputer.model_.layout.names]
+        t = ", ".join(f"{f} (learned {side(learned[f])} values missing, data t = "
+                      f"{called.loc[f, 't']:+.1f})" for f in against)
+        warnings.warn(
+            f"not-MIWAE learned the missingness direction opposite to what the observed data shows for {t}; "
+            f"its imputations of those columns are likely shifted the wrong way. If you know the directions, "
+            f"refit with model_params={{'missing_process': 'selfmasking_known_signs', 'signs': {signs}}} "
+            "(+1: high values go missing), or compare with another seed.",
+            UserWarning,
+            stacklevel=3,
+        )
+    if against_given:
+        t = ", ".join(f"{f} (given {side(given[f])} values missing, data t = {called.loc[f, 't']:+.1f}, "
+                      f"which points to {side(reference[f])} values)" for f in against_given)
+        warnings.warn(
+            f"the signs passed to not-MIWAE contradict what the observed data shows for {t}. Check them "
+            "(+1: high values go missing, -1: low values, 0: learn it), or pass signs='data' to take each "
+            "column's sign from the data.",
+            UserWarning,
+            stacklevel=3,
+        )

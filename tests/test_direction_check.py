@@ -223,10 +223,46 @@ def test_run_imputation_warns_when_a_fit_contradicts_the_data(monkeypatch):
         run_imputation(df, model="em", device="cpu")
     # A fit that learned the opposite is named, with the signs that would fix it.
     monkeypatch.setattr(module, "learned_directions",
-                        lambda imputer: {"x0": -1, "x3": 1} if imputer.model == "notmiwae" else {})
+                        lambda imputer, given=False: {"x0": -1, "x3": 1}
+                        if imputer.model == "notmiwae" and not given else {})
     with pytest.warns(UserWarning, match=r"opposite to what the observed data shows for x0 \(learned low values "
                                          r"missing, data t = \+\d+\.\d\).*'signs': \[1, 1, 1, 1\]"):
         run_imputation(df, model="notmiwae", model_params=small, train_params=train, device="cpu")
+
+
+def test_given_signs_are_not_learned_directions_and_a_wrong_one_is_pointed_out():
+    from ciss_autoimpute import run_imputation
+
+    df, _ = _self_masked(1, n=200)  # x0 loses its high values; x3 MCAR
+    small = {"hidden_dims": [8], "latent_dim": 2, "n_samples": 5, "n_impute_samples": 5,
+             "missing_process": "selfmasking_known_signs"}
+    train = {"epochs": 4, "max_loops": 1, "epochs_per_loop": 2}
+    # The user says x0 loses its *low* values (wrong) and leaves x3 to be learned (0).
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = run_imputation(df, model="notmiwae", model_params={**small, "signs": [-1, 0, 0, 0]},
+                             train_params=train, device="cpu")
+    frame = res.imputer.model_.interpret_missing_process()
+    assert frame["learned"].tolist() == [False, True, True, True]
+    assert frame.loc["x0", "direction"] == "low values missing"  # the sign it was given
+    # x0's sign was given, not learned: the direction check does not count it as learned.
+    assert "x0" not in learned_directions(res.imputer)
+    assert learned_directions(res.imputer, given=True) == {"x0": -1}
+    messages = [str(w.message) for w in caught]
+    given = [m for m in messages if "signs passed to not-MIWAE contradict" in m]
+    assert len(given) == 1 and "x0 (given low values missing, data t = +" in given[0]
+    assert "points to high values" in given[0]
+    assert not any("not-MIWAE learned" in m and "x0" in m for m in messages)
+    # The right sign: nothing to point out.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="the signs passed")
+        run_imputation(df, model="notmiwae", model_params={**small, "signs": [1, 0, 0, 0]},
+                       train_params=train, device="cpu")
+    # Under "selfmasking" every column is learned.
+    free = run_imputation(df, model="notmiwae", model_params={k: v for k, v in small.items()
+                                                               if k != "missing_process"},
+                          train_params=train, device="cpu")
+    assert free.imputer.model_.interpret_missing_process()["learned"].all()
 
 
 def test_signs_from_the_data_fix_the_called_directions_and_learn_the_rest(tmp_path):

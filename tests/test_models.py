@@ -488,7 +488,9 @@ def test_known_signs_fix_the_direction():
     model = build("notmiwae", missing_process="selfmasking_known_signs", signs=[1, -1, 1, -1])
     table = model.interpret_missing_process()
     assert list(table.index) == ["a", "b", "flag", "colour[0]", "colour[1]", "colour[2]"]
-    assert list(table.columns) == ["direction", "strength", "threshold", "had_missing"]
+    assert list(table.columns) == ["direction", "strength", "threshold", "had_missing", "learned"]
+    # Every sign was given (none is 0): no direction is learned.
+    assert not table["learned"].any()
     # Before training no column has been seen missing: no direction is claimed.
     assert set(table["direction"]) == {"never missing"} and not table["had_missing"].any()
     # softplus(0) = log 2 at the start.

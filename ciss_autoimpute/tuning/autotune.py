@@ -494,12 +494,14 @@ def _check_warm_start_duplicate(trial: Any) -> None:
         )
 
 
-def learned_directions(imputer: Any) -> dict[str, int]:
+def learned_directions(imputer: Any, *, given: bool = False) -> dict[str, int]:
     """``{feature: +1 or -1}`` learned by a fitted self-masking not-MIWAE, else ``{}``.
 
     +1: high values go missing, -1: low values go missing. Only columns that had
     missing cells in training and a non-zero slope are listed (the others learned
-    nothing). Linear and nonlinear missing processes have no per-column direction.
+    nothing), and under ``"selfmasking_known_signs"`` only the columns whose sign was
+    0 (the others were given theirs). ``given=True`` lists those given columns
+    instead. Linear and nonlinear missing processes have no per-column direction.
     """
     model = getattr(imputer, "model_", None)
     if not getattr(model, "models_missingness", False) or not hasattr(model, "interpret_missing_process"):
@@ -508,7 +510,7 @@ def learned_directions(imputer: Any) -> dict[str, int]:
         frame = model.interpret_missing_process()
     except ValueError:  # linear / nonlinear processes
         return {}
-    frame = frame[frame["had_missing"] & (frame["strength"] > 0)]
+    frame = frame[frame["had_missing"] & (frame["strength"] > 0) & (frame["learned"] != given)]
     return {str(f): (1 if str(d).startswith("high") else -1) for f, d in frame["direction"].items()}
 
 

@@ -374,8 +374,11 @@ class NotMIWAE(MIWAE):
             missing"`` for a column without a missing cell in the training data,
             whose slope and threshold were learned from nothing), ``strength``
             (``|W|``), ``threshold`` (``b``, on the standardised scale: the value
-            at which the column's own term is zero) and ``had_missing`` (whether
-            the column had missing cells in training).
+            at which the column's own term is zero), ``had_missing`` (whether
+            the column had missing cells in training) and ``learned`` (whether the
+            direction was learned: every column under ``"selfmasking"``; under
+            ``"selfmasking_known_signs"`` only the columns given sign 0, the others
+            keep the sign they were given).
 
         Raises
         ------
@@ -395,6 +398,10 @@ class NotMIWAE(MIWAE):
             w = self.missing.slopes().detach().cpu().double()
             b = self.missing.b.detach().cpu().double()
             seen = self.missing_seen.detach().cpu().tolist()
+            if kind == "selfmasking_known_signs":
+                learned = (self.missing.signs == 0).cpu().tolist()
+            else:
+                learned = [True] * len(seen)
         frame = pd.DataFrame(
             {
                 "direction": [
@@ -404,6 +411,7 @@ class NotMIWAE(MIWAE):
                 "strength": w.abs().numpy(),
                 "threshold": b.numpy(),
                 "had_missing": seen,
+                "learned": learned,
             },
             index=pd.Index(encoded_labels(self.layout), name="feature"),
         )
