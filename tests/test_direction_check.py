@@ -151,9 +151,29 @@ def test_a_trial_against_the_data_is_left_out(em_learned_the_wrong_direction, en
     if not tuned.ensemble_weights:
         alone = tuned.imputer.transform(ds.frame)
         np.testing.assert_allclose(tuned.imputed.to_numpy(), alone.to_numpy(), rtol=1e-5, atol=1e-5)
-    if ensemble == 0:
-        # Not kept in memory (no ensemble candidates): the chosen trial was refit once.
-        assert "refitting its configuration once" in caplog.text
+    # The objective kept its best trial that agrees with the data beside the holdout's
+    # best, so the chosen one is returned as fitted, never refit.
+    assert "refitting its configuration once" not in caplog.text
+
+
+def test_load_best_imputer_passes_over_a_trial_against_the_data(em_learned_the_wrong_direction, tmp_path):
+    from ciss_autoimpute.tuning import load_best_imputer
+
+    ds = _high_masked_dataset()
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    tuned = autotune(SearchSpace(["mean", "em", "knn"]), ds, n_trials=3, seed=0, show_progress=False, ensemble=0,
+                     storage=storage, study_name="s", artifact_dir=tmp_path / "artifacts")
+    by_model = {t.user_attrs["model"]: t for t in tuned.study.trials}
+    assert tuned.study.best_trial.number == by_model["em"].number  # the holdout's best opposes the data
+    # The best trial that agrees with the data left its artifact too, and is what loads.
+    chosen = by_model[tuned.best_config["model"]]
+    assert chosen.user_attrs.get("imputer_artifact_id") and tuned.best_config["model"] != "em"
+    loaded = load_best_imputer(storage, "s", device="cpu")
+    assert loaded.model == tuned.best_config["model"]
+    np.testing.assert_allclose(loaded.transform(ds.frame).to_numpy(), tuned.imputer.transform(ds.frame).to_numpy(),
+                               rtol=1e-6)
+    # Without the check: the holdout's best.
+    assert load_best_imputer(storage, "s", device="cpu", direction_check=False).model == "em"
 
 
 def test_a_trial_is_kept_when_the_data_calls_nothing(em_learned_the_wrong_direction):

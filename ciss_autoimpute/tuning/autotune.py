@@ -153,6 +153,7 @@ class _Objective:
         extra_callbacks: Sequence[Any] = (),
         target: Any = None,
         ensemble: int = 0,
+        direction_check: bool = False,
     ) -> None:
         self.space = space
         self.dataset = dataset
@@ -165,6 +166,13 @@ class _Objective:
         self.best_value = math.inf
         self.best_number: int | None = None
         self.best_imputer: Any = None
+        # With the direction check: the best trial of this process whose learned directions
+        # agree with the data, kept (and uploaded) too, since the check may return it.
+        self.direction_check = bool(direction_check)
+        self._called: dict[str, int] | None = None
+        self.consistent_value = math.inf
+        self.consistent_number: int | None = None
+        self.consistent_imputer: Any = None
         # The best `ensemble` trials of this process: (value, number, imputer, reclustered).
         self.ensemble = int(ensemble)
         self.candidates: list[tuple[float, int, Any, bool]] = []
@@ -240,13 +248,32 @@ class _Objective:
         directions = learned_directions(imputer)
         if directions:
             trial.set_user_attr(DIRECTIONS_ATTR, directions)
+        uploaded = False
         if value < self.best_value:
             self.best_value = value
             self.best_number = trial.number
             self.best_imputer = imputer
             self._upload(trial, imputer)
+            uploaded = True
+        if self.direction_check and value < self.consistent_value and not self._contradicts(directions):
+            self.consistent_value = value
+            self.consistent_number = trial.number
+            self.consistent_imputer = imputer
+            if not uploaded:
+                self._upload(trial, imputer)
         self._keep_candidate(value, trial.number, imputer, bool(config.clustering_params))
         return value
+
+    def _contradicts(self, directions: dict[str, int]) -> bool:
+        """True when learned ``directions`` oppose a direction the data calls (read once)."""
+        if not directions:
+            return False
+        if self._called is None:
+            from ..data.diagnostics import missingness_direction_evidence
+
+            evidence = missingness_direction_evidence(self.dataset)
+            self._called = {str(f): int(d) for f, d in evidence["direction"].items() if d}
+        return bool(direction_outliers({0: directions}, self._called))
 
     def _keep_candidate(self, value: float, number: int, imputer: Any, reclustered: bool) -> None:
         """Keep the best ``ensemble`` trials (with their predictions) for ensemble selection."""
@@ -260,7 +287,7 @@ class _Objective:
         # Only the best trial's completed frame is ever returned (the ensemble builds its
         # own from the predictions), so the other candidates drop theirs.
         for cand in self.candidates:
-            if cand[2] is not self.best_imputer:
+            if cand[2] is not self.best_imputer and cand[2] is not self.consistent_imputer:
                 cand[2].__dict__.pop("fit_imputed_", None)
 
     @staticmethod
@@ -551,6 +578,24 @@ def direction_outliers(
     return outliers
 
 
+def _consistent_best(
+    complete: list[Any], best: Any, called: dict[str, int]
+) -> tuple[Any, dict[int, list[str]], bool]:
+    """Hold ``complete`` trials' learned directions (attribute :data:`DIRECTIONS_ATTR`) to ``called``.
+
+    Returns ``(chosen, outliers, applied)``: the outlying trials with their features,
+    and whether they are left out — not when none opposes ``called``, nor when every
+    trial does (nothing to choose between); then ``chosen`` is ``best``, else the best
+    trial that is not an outlier.
+    """
+    learned = {t.number: t.user_attrs[DIRECTIONS_ATTR] for t in complete if t.user_attrs.get(DIRECTIONS_ATTR)}
+    outliers = direction_outliers(learned, called)
+    kept = [t for t in complete if t.number not in outliers]
+    if not outliers or not kept:
+        return best, outliers, False
+    return min(kept, key=lambda t: (t.value, t.number)), outliers, True
+
+
 def _apply_direction_check(study: Any, complete: list[Any], best: Any, dataset: Any) -> tuple[Any, set[int]]:
     """The best completed trial whose learned directions do not contradict the data's evidence.
 
@@ -564,7 +609,7 @@ def _apply_direction_check(study: Any, complete: list[Any], best: Any, dataset: 
         return best, set()
     evidence = missingness_direction_evidence(dataset)
     called = {str(f): int(d) for f, d in evidence["direction"].items() if d}
-    outliers = direction_outliers(learned, called)
+    chosen, outliers, applied = _consistent_best(complete, best, called)
     study.set_user_attr(
         DIRECTION_CHECK_ATTR,
         {
@@ -574,15 +619,13 @@ def _apply_direction_check(study: Any, complete: list[Any], best: Any, dataset: 
             "trials": len(learned),
         },
     )
-    kept = [t for t in complete if t.number not in outliers]
-    if not outliers or not kept:
+    if not applied:
         return best, set()
     for number, features in outliers.items():
         logger.info(
             "Trial %d learned the missingness direction opposite to the data's evidence on %s; it is left out "
             "of the selection (autotune(..., direction_check=False) keeps it).", number, features,
         )
-    chosen = min(kept, key=lambda t: (t.value, t.number))
     if chosen.number != best.number:
         logger.info(
             "Returning trial %d (holdout error %.4g) instead of the study's best trial %d (%.4g), whose learned "
@@ -869,7 +912,7 @@ def autotune(
         target = StudyTarget(study_trials, heartbeat_interval=heartbeat_interval_of(resolved), deadline=deadline)
     objective = _Objective(
         search_space, dataset, seed=seed, device=device, artifact_store=store, extra_callbacks=trial_callbacks,
-        target=target, ensemble=int(ensemble),
+        target=target, ensemble=int(ensemble), direction_check=direction_check,
     )
     if target is None or target.has_room(study):
         study.optimize(
@@ -959,6 +1002,8 @@ def _best_imputer(best: Any, objective: _Objective, store: Any, dataset: Any, sp
 
     if objective.best_number == best.number and objective.best_imputer is not None:
         return objective.best_imputer
+    if objective.consistent_number == best.number and objective.consistent_imputer is not None:
+        return objective.consistent_imputer
     for _, number, candidate, _ in objective.candidates:
         if number == best.number:
             # A candidate kept for the ensemble (chosen over the holdout's best by the

@@ -362,6 +362,7 @@ def load_best_imputer(
     *,
     artifact_dir: str | os.PathLike | None = None,
     device: str | None = None,
+    direction_check: bool = True,
 ) -> Any:
     """The best trial's fitted :class:`~ciss_autoimpute.Imputer`, from the shared artifact folder.
 
@@ -375,6 +376,13 @@ def load_best_imputer(
         Folder of the artifacts; default the one the study recorded.
     device
         Torch device to load onto (``None``: CPU unless CUDA is available).
+    direction_check
+        Pick the trial as ``autotune`` does: when a worker's ``autotune`` recorded the
+        data's missingness directions on the study (study attribute
+        ``direction_check``), self-masking trials whose learned directions contradict
+        them are passed over, unless every trial does. Each worker keeps the artifact
+        of its best trial that agrees with the data, so that trial can be loaded.
+        ``False``: the holdout's best trial.
 
     Raises
     ------
@@ -393,6 +401,7 @@ def load_best_imputer(
     from optuna.artifacts import FileSystemArtifactStore, download_artifact
 
     from ..imputer import Imputer
+    from .autotune import DIRECTION_CHECK_ATTR, _consistent_best
     from .storage import mask_url, resolve_storage, storage_url
 
     resolved = resolve_storage(storage, heartbeat_interval=0)
@@ -404,6 +413,15 @@ def load_best_imputer(
     if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         raise ValueError(f"Study {study_name!r} in {where} has no completed trial yet; run trials first.")
     best = study.best_trial
+    check = study.user_attrs.get(DIRECTION_CHECK_ATTR) if direction_check else None
+    if check and check.get("directions"):
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        chosen, _, applied = _consistent_best(complete, best, check["directions"])
+        if applied and chosen.number != best.number:
+            logger.info("Loading trial %d: the study's best trial %d learned missingness directions that contradict "
+                        "the data (load_best_imputer(..., direction_check=False) loads it).", chosen.number,
+                        best.number)
+            best = chosen
     artifact_id = best.user_attrs.get("imputer_artifact_id")
     folder = Path(artifact_dir) if artifact_dir is not None else None
     if folder is None and study.user_attrs.get(ARTIFACT_DIR_ATTR):
