@@ -174,6 +174,8 @@ def test_load_best_imputer_passes_over_a_trial_against_the_data(em_learned_the_w
                                rtol=1e-6)
     # Without the check: the holdout's best.
     assert load_best_imputer(storage, "s", device="cpu", direction_check=False).model == "em"
+    with pytest.raises(TypeError, match="direction_check must be True or False, got 1"):
+        load_best_imputer(storage, "s", direction_check=1)
 
 
 def test_a_trial_is_kept_when_the_data_calls_nothing(em_learned_the_wrong_direction):

@@ -404,18 +404,20 @@ def load_best_imputer(
     from .autotune import DIRECTION_CHECK_ATTR, _consistent_best
     from .storage import mask_url, resolve_storage, storage_url
 
+    if not isinstance(direction_check, bool):
+        raise TypeError(f"direction_check must be True or False, got {direction_check!r}.")
     resolved = resolve_storage(storage, heartbeat_interval=0)
     where = mask_url(storage_url(resolved) or storage)
     try:
         study = optuna.load_study(study_name=study_name, storage=resolved)
     except KeyError:
         raise ValueError(f"There is no study {study_name!r} in {where}; check study_name.") from None
-    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
         raise ValueError(f"Study {study_name!r} in {where} has no completed trial yet; run trials first.")
     best = study.best_trial
     check = study.user_attrs.get(DIRECTION_CHECK_ATTR) if direction_check else None
     if check and check.get("directions"):
-        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         chosen, _, applied = _consistent_best(complete, best, check["directions"])
         if applied and chosen.number != best.number:
             logger.info("Loading trial %d: the study's best trial %d learned missingness directions that contradict "
