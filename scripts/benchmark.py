@@ -777,7 +777,7 @@ def markdown_table(table: pd.DataFrame, *, lower_is_better: bool = True, digits:
             else:
                 s = f"{v:.{digits}f}"
                 cells.append(f"**{s}**" if bold_best and best is not None and v == best else s)
-        extra = f" {int(counts.get(idx, 0))} |" if counts is not None else ""
+        extra = f" {counts.get(idx, 0)} |" if counts is not None else ""
         lines.append(f"| {idx} | " + " | ".join(cells) + " |" + extra)
     return "\n".join(lines) + "\n"
 
@@ -796,10 +796,15 @@ def render_markdown(rows: pd.DataFrame, *, command: str, machine: str, problems:
         return "\n".join(out + ["_no runs yet_", ""])
     ok = rows[rows["status"] == "ok"].copy()
     ok["cell"] = ok.apply(_cell_label, axis=1)
-    counts = ok.groupby("cell")["seed"].nunique()
     shown = [m for m in methods if m != "oracle"]
+    # Seeds behind each cell: "3", or "1-3" when the methods of the row ran on different numbers.
+    per_method = ok[ok["method"].isin(shown)].groupby(["cell", "method"])["seed"].nunique()
+    lo, hi = per_method.groupby(level="cell").min(), per_method.groupby(level="cell").max()
+    counts = pd.Series({c: str(hi[c]) if lo[c] == hi[c] else f"{lo[c]}-{hi[c]}" for c in hi.index})
 
     out += ["## RMSE on hidden numeric cells (standardised scale, mean over seeds; best in bold)", "",
+            "`seeds`: how many seeds the methods of the row ran; a range where they differ (the CSV has "
+            "every run).", "",
             markdown_table(pivot(rows, "rmse", shown), counts=counts)]
     out += ["## MAE on hidden numeric cells (standardised scale)", "", markdown_table(pivot(rows, "mae", shown))]
     acc = pivot(rows[rows["n_cat_cells"].fillna(0) > 0], "cat_acc", shown)

@@ -212,3 +212,17 @@ def test_targets_count_the_mnar_study_on_mnar_cells(bench):
     assert "lowest RMSE in 1 of 2 cells" in default and "worst ratio to the best 1.125" in default
     by_mechanism = next(line for line in lines if line.startswith("- The study for the mechanism"))
     assert "lowest RMSE in 2 of 2 cells" in by_mechanism and "within 5 % of the best in 2 of 2" in by_mechanism
+
+
+def test_seeds_column_shows_a_range_when_methods_differ(bench):
+    rows = pd.DataFrame([
+        {"dataset": "d", "mechanism": mech, "rate": 0.3, "seed": s, "method": m, "status": "ok", "rmse": 0.5,
+         "mae": 0.4, "realised_rate": 0.3, "n_cat_cells": 0, "cat_acc": np.nan, "oracle_rmse": np.nan,
+         "ratio_to_oracle": np.nan, "seconds": 1.0, "peak_rss_mb": 10.0, "base_rss_mb": 5.0,
+         "observed_unchanged": True, "any_missing_left": False, "info": "{}", "error": ""}
+        for mech, plan in (("mcar", {"mean": (0, 1, 2), "mice": (0,)}), ("mar", {"mean": (0, 1), "mice": (0, 1)}))
+        for m, seeds in plan.items() for s in seeds
+    ])
+    text = bench.render_markdown(rows, command="c", machine="m", problems={}, methods=["mean", "mice"])
+    assert "| d / mcar / 30% | 0.500 | 0.500 | 1-3 |" in text.replace("**", "")
+    assert "| d / mar / 30% | 0.500 | 0.500 | 2 |" in text.replace("**", "")
