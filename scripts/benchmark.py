@@ -540,6 +540,28 @@ IN_PROCESS: dict[str, Callable] = {
 }
 
 
+def _set_constant_columns_aside(fn: Callable) -> Callable:
+    """Our methods, with any column that the mask left with a single observed value set aside.
+
+    The library refuses such a column and asks the user to drop it (it carries no
+    information); a mask can leave one so (yeast's `erl`, 0.5 or 1.0, lost every 1.0 at
+    seed 1 of the every-column self-masking). The column is filled with its one value,
+    which is what every other method here imputes for it, and the rest of the table goes
+    to ``fn``; ``info`` names the columns.
+    """
+    def run(holed: pd.DataFrame, categorical: list[str], seed: int, **kwargs: Any):
+        const = [c for c in holed.columns if holed[c].isna().any() and holed[c].nunique(dropna=True) == 1]
+        if not const:
+            return fn(holed, categorical, seed, **kwargs)
+        rest = holed.drop(columns=const)
+        imputed, info = fn(rest, [c for c in categorical if c not in const], seed, **kwargs)
+        filled = pd.DataFrame({c: holed[c].fillna(holed[c].dropna().iloc[0]) for c in const}, index=holed.index)
+        out = pd.concat([imputed, filled], axis=1)[list(holed.columns)]
+        return out, {**info, "constant_columns_filled": const}
+
+    return run
+
+
 def _status_mb(field_name: str) -> float:
     try:
         with open("/proc/self/status", encoding="ascii") as fh:
@@ -570,7 +592,10 @@ def run_in_process(method: str, holed: pd.DataFrame, categorical: list[str], see
 
     base = _status_mb("VmRSS")
     start = time.perf_counter()
-    imputed, info = IN_PROCESS[method](holed, categorical, seed, **options.get("kwargs", {}))
+    fn = IN_PROCESS[method]
+    if method.startswith("ours_"):
+        fn = _set_constant_columns_aside(fn)
+    imputed, info = fn(holed, categorical, seed, **options.get("kwargs", {}))
     seconds = time.perf_counter() - start
     return {"imputed": imputed, "info": info, "seconds": seconds, "base_rss_mb": base,
             "peak_rss_mb": _status_mb("VmHWM")}

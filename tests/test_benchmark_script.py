@@ -226,3 +226,22 @@ def test_seeds_column_shows_a_range_when_methods_differ(bench):
     text = bench.render_markdown(rows, command="c", machine="m", problems={}, methods=["mean", "mice"])
     assert "| d / mcar / 30% | 0.500 | 0.500 | 1-3 |" in text.replace("**", "")
     assert "| d / mar / 30% | 0.500 | 0.500 | 2 |" in text.replace("**", "")
+
+
+def test_a_column_left_constant_by_the_mask_is_set_aside_for_our_methods(bench):
+    holed = pd.DataFrame({"a": [1.0, np.nan, 3.0, 4.0], "erl": [0.5, np.nan, 0.5, np.nan],
+                          "c": pd.Categorical(["x", "y", None, "x"])})
+    seen = {}
+
+    def fake(h, categorical, seed, **kw):
+        seen["columns"], seen["categorical"] = list(h.columns), categorical
+        return h.fillna({"a": 2.0}).assign(c=h["c"].fillna("x")), {"val_error": 0.1}
+
+    imputed, info = bench._set_constant_columns_aside(fake)(holed, ["c"], 0)
+    assert seen == {"columns": ["a", "c"], "categorical": ["c"]}  # the library never sees `erl`
+    assert list(imputed.columns) == ["a", "erl", "c"] and imputed["erl"].tolist() == [0.5] * 4
+    assert imputed["a"].tolist() == [1.0, 2.0, 3.0, 4.0] and imputed["c"].dtype == holed["c"].dtype
+    assert info == {"val_error": 0.1, "constant_columns_filled": ["erl"]}
+    # Nothing constant: the table goes through as it is.
+    _, info = bench._set_constant_columns_aside(fake)(holed.drop(columns="erl"), ["c"], 0)
+    assert "constant_columns_filled" not in info
