@@ -169,7 +169,7 @@ class _Objective:
         # With the direction check: the best trial of this process whose learned directions
         # agree with the data, kept (and uploaded) too, since the check may return it.
         self.direction_check = bool(direction_check)
-        self._called: dict[str, int] | None = None
+        self._evidence: Any = None
         self.consistent_value = math.inf
         self.consistent_number: int | None = None
         self.consistent_imputer: Any = None
@@ -264,16 +264,19 @@ class _Objective:
         self._keep_candidate(value, trial.number, imputer, bool(config.clustering_params))
         return value
 
-    def _contradicts(self, directions: dict[str, int]) -> bool:
-        """True when learned ``directions`` oppose a direction the data calls (read once)."""
-        if not directions:
-            return False
-        if self._called is None:
+    def direction_evidence(self) -> Any:
+        """:func:`~ciss_autoimpute.data.diagnostics.missingness_direction_evidence` of the data, read once."""
+        if self._evidence is None:
             from ..data.diagnostics import missingness_direction_evidence
 
-            evidence = missingness_direction_evidence(self.dataset)
-            self._called = {str(f): int(d) for f, d in evidence["direction"].items() if d}
-        return bool(direction_outliers({0: directions}, self._called))
+            self._evidence = missingness_direction_evidence(self.dataset)
+        return self._evidence
+
+    def _contradicts(self, directions: dict[str, int]) -> bool:
+        """True when learned ``directions`` oppose a direction the data calls."""
+        if not directions:
+            return False
+        return bool(direction_outliers({0: directions}, _called_directions(self.direction_evidence())))
 
     def _keep_candidate(self, value: float, number: int, imputer: Any, reclustered: bool) -> None:
         """Keep the best ``ensemble`` trials (with their predictions) for ensemble selection."""
@@ -596,19 +599,25 @@ def _consistent_best(
     return min(kept, key=lambda t: (t.value, t.number)), outliers, True
 
 
-def _apply_direction_check(study: Any, complete: list[Any], best: Any, dataset: Any) -> tuple[Any, set[int]]:
+def _called_directions(evidence: Any) -> dict[str, int]:
+    """``{column: +1 or -1}`` for the columns the evidence frame calls a direction for."""
+    return {str(f): int(d) for f, d in evidence["direction"].items() if d}
+
+
+def _apply_direction_check(
+    study: Any, complete: list[Any], best: Any, evidence_of: Callable[[], Any]
+) -> tuple[Any, set[int]]:
     """The best completed trial whose learned directions do not contradict the data's evidence.
 
     Returns ``(best trial, numbers of the trials left out)``; records the directions,
-    the data's evidence and the outliers on the study (:data:`DIRECTION_CHECK_ATTR`).
+    the data's evidence (``evidence_of()``, the objective's cached frame) and the
+    outliers on the study (:data:`DIRECTION_CHECK_ATTR`).
     """
-    from ..data.diagnostics import missingness_direction_evidence
-
     learned = {t.number: t.user_attrs[DIRECTIONS_ATTR] for t in complete if t.user_attrs.get(DIRECTIONS_ATTR)}
     if not learned:
         return best, set()
-    evidence = missingness_direction_evidence(dataset)
-    called = {str(f): int(d) for f, d in evidence["direction"].items() if d}
+    evidence = evidence_of()
+    called = _called_directions(evidence)
     chosen, outliers, applied = _consistent_best(complete, best, called)
     study.set_user_attr(
         DIRECTION_CHECK_ATTR,
@@ -937,7 +946,7 @@ def autotune(
     best = study.best_trial
     excluded: set[int] = set()
     if direction_check:
-        best, excluded = _apply_direction_check(study, complete, best, dataset)
+        best, excluded = _apply_direction_check(study, complete, best, objective.direction_evidence)
     imputer = _best_imputer(best, objective, store, dataset, search_space, seed)
     history = getattr(imputer, "history_", {})
     weights: dict[int, float] = {}
