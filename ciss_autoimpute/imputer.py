@@ -85,6 +85,11 @@ class Imputer(TransformerMixin, BaseEstimator):
         ``{"epochs": [...], "loops": [...]}`` plain records of training.
     best_score_ : float
         Validation error of the kept state (lower is better).
+    mnar_correction_ : SelfMaskingCorrection or None
+        The self-masking correction fitted after training when
+        ``train_params["mnar_correction"]`` asks for one
+        (:class:`~ciss_autoimpute.selection.SelfMaskingCorrection`; its ``describe()``
+        lists the process of each column); ``None`` otherwise.
 
     Examples
     --------
@@ -148,7 +153,13 @@ class Imputer(TransformerMixin, BaseEstimator):
             check(resolved)
         if self.train_params is not None and not isinstance(self.train_params, Mapping):
             raise TypeError(f"train_params must be a dict or None, got {type(self.train_params).__name__}.")
-        configs_from_dict(dict(self.train_params or {}))
+        train_cfg, _ = configs_from_dict(dict(self.train_params or {}))
+        if train_cfg.mnar_correction != "none" and getattr(cls, "models_missingness", False):
+            raise ValueError(
+                f"train_params['mnar_correction']={train_cfg.mnar_correction!r} corrects families that assume the "
+                f"missingness ignorable; {self.model!r} models the missing process itself. Drop mnar_correction, "
+                "or pick another family (e.g. 'missforest', 'em', 'miwae')."
+            )
         ti = self.transform_iterations
         if isinstance(ti, bool) or not isinstance(ti, (int, np.integer)) or ti < 1:
             raise ValueError(f"transform_iterations must be an integer >= 1, got {ti!r}.")
@@ -199,6 +210,18 @@ class Imputer(TransformerMixin, BaseEstimator):
 
         self._check_params()
         train_cfg, refit_cfg = configs_from_dict(dict(self.train_params or {}))
+        correction = train_cfg.mnar_correction
+        evidence = None
+        if correction != "none":
+            if not bool(dataset.data.val_mask.any()):
+                raise ValueError(
+                    f"train_params['mnar_correction']={correction!r} fits the missing process on the validation "
+                    "holdout, and this dataset holds out no cell; give it one (val_proportion=0.1, the default)."
+                )
+            if correction == "selfmasking_data":
+                from .data.diagnostics import missingness_direction_evidence
+
+                evidence = missingness_direction_evidence(dataset)
         params = dict(self.model_params or {})
         if params.get("signs") == "data":
             from .data.diagnostics import data_signs
@@ -210,6 +233,15 @@ class Imputer(TransformerMixin, BaseEstimator):
             model, train_cfg, refit_cfg, callbacks=list(callbacks), seed=self.seed, device=dataset.device
         )
         result = trainer.fit(dataset.data)
+        self.mnar_correction_ = None
+        if correction != "none":
+            from .selection import SelfMaskingCorrection
+
+            scored = result.scored_imputed if result.scored_imputed is not None else result.imputed
+            fitted = SelfMaskingCorrection.fit(correction, dataset.data, result.imputed, scored, evidence)
+            # What the fit returns (and what ensembles weigh) is the corrected imputation.
+            result.imputed = fitted.apply(result.imputed, ~dataset.data.observed)
+            self.mnar_correction_ = fitted
         self._set_fitted(dataset, result.model, result.imputed, result)
         if keep_predictions:
             self.predictions_ = FitPredictions.from_result(result, dataset.data)
@@ -272,9 +304,13 @@ class Imputer(TransformerMixin, BaseEstimator):
         return _like_input(X, out)
 
     def _impute_encoded(
-        self, frame: pd.DataFrame, values: np.ndarray, observed: np.ndarray, clusters: Any
+        self, frame: pd.DataFrame, values: np.ndarray, observed: np.ndarray, clusters: Any,
+        *, corrected: bool = True,
     ) -> torch.Tensor:
-        """Encoded imputations of ``frame`` (``values``/``observed`` from ``schema_.encode``)."""
+        """Encoded imputations of ``frame`` (``values``/``observed`` from ``schema_.encode``).
+
+        ``corrected=False`` leaves out the fitted ``mnar_correction`` (the model's own imputation).
+        """
         from .training import configs_from_dict, impute_all
 
         labels = self._assign(frame, clusters)
@@ -290,6 +326,9 @@ class Imputer(TransformerMixin, BaseEstimator):
         precision = configs_from_dict(dict(self.train_params or {}))[0].precision
         for _ in range(rounds):
             x = impute_all(self.model_, x, obs, lab, generator=gen, precision=precision)
+        correction = getattr(self, "mnar_correction_", None)
+        if corrected and correction is not None:
+            x = correction.apply(x, ~obs)
         return x
 
     def _assign(self, frame: pd.DataFrame, clusters: Any) -> np.ndarray:
@@ -424,8 +463,12 @@ class Imputer(TransformerMixin, BaseEstimator):
             )
         values, observed = self.schema_.encode(frame, argument="X")
         if len(frame) and (~observed).any():
-            base = self.transform(frame)  # the single imputation: where every chain starts
-            filled, _ = self.schema_.encode(base, argument="X")
+            correction = getattr(self, "mnar_correction_", None)
+            # The model's own single imputation is where every chain starts; a fitted
+            # mnar_correction then moves every draw by what it moves that imputation.
+            own = self._impute_encoded(frame, values, observed, None, corrected=False)
+            shift = None if correction is None else correction.shift(own, ~torch.from_numpy(observed).to(own.device))
+            filled = self.schema_.encode(self.schema_.decode(own.cpu().numpy(), frame), argument="X")[0]
             labels = self._assign(frame, None)
             dev = _model_device(self.model_)
             gen = torch.Generator(device=dev).manual_seed(int(seed))
@@ -435,7 +478,7 @@ class Imputer(TransformerMixin, BaseEstimator):
                     torch.from_numpy(filled).to(dev), obs_t, torch.from_numpy(labels).to(dev), n, generator=gen
                 )
                 logger.info("sampled %d imputations with the %s family's own draws", n, self.model_.name)
-                frames = [self.schema_.decode(d.cpu().numpy(), frame) for d in draws]
+                frames = [self.schema_.decode(_shifted(d, shift), frame) for d in draws]
                 return _stack_frames(frames) if long else frames
             out = sample_conditional(
                 self.model_,
@@ -448,7 +491,7 @@ class Imputer(TransformerMixin, BaseEstimator):
                 **sampler_options,
             )
             logger.info("sampled %d imputations with %s %s: %s", n, method, out.config.as_dict(), out.diagnostics)
-            frames = [self.schema_.decode(d, frame) for d in out.draws]
+            frames = [self.schema_.decode(_shifted(d, shift), frame) for d in out.draws]
         else:
             frames = [frame.copy() for _ in range(n)]
         if not long:
@@ -509,6 +552,8 @@ class Imputer(TransformerMixin, BaseEstimator):
             "cluster_labels": _jsonable(self.cluster_labels_),
             "columns_ignore": _jsonable(self.columns_ignore_),
             "best_score": self.best_score_,
+            "mnar_correction": None if getattr(self, "mnar_correction_", None) is None
+            else self.mnar_correction_.to_dict(),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -604,8 +649,22 @@ class Imputer(TransformerMixin, BaseEstimator):
         if all(isinstance(c, str) for c in imp.columns_):
             imp.feature_names_in_ = np.asarray(imp.columns_, dtype=object)
         imp.best_score_ = float(cfg["best_score"])
+        corr = cfg.get("mnar_correction")  # absent from files written before it existed
+        if corr is not None:
+            from .selection import SelfMaskingCorrection
+
+            corr = SelfMaskingCorrection.from_dict(corr)
+        imp.mnar_correction_ = corr
         imp.history_ = {"epochs": [], "loops": []}
         return imp
+
+
+def _shifted(draw: Any, shift: torch.Tensor | None) -> np.ndarray:
+    """An encoded draw (tensor or array) as a NumPy array, moved by ``shift`` when given."""
+    d = draw.detach().cpu().numpy() if isinstance(draw, torch.Tensor) else np.asarray(draw)
+    if shift is None:
+        return d
+    return d + shift.cpu().numpy().astype(d.dtype, copy=False)
 
 
 def _stack_frames(frames: list[pd.DataFrame]) -> pd.DataFrame:

@@ -20,7 +20,7 @@ from ciss_autoimpute.tuning.presets import available_presets
 from ciss_autoimpute.tuning.search_space import SearchSpace, TrialConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-PRESETS = ["cissvae", "default", "mnar", "quick"]
+PRESETS = ["cissvae", "default", "mnar", "mnar_correction", "quick"]
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 optuna.logging.set_verbosity(optuna.logging.WARNING)

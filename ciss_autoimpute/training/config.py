@@ -166,6 +166,17 @@ class TrainConfig:
         ``"32"`` by bfloat16 rounding (8 significant bits); ``docs/bench_speed.md``
         gives the speed and accuracy measured both ways. The imputer uses the same
         precision for its imputations of new rows. Closed-form families ignore it.
+    mnar_correction
+        ``"none"`` (the default), ``"selfmasking"`` or ``"selfmasking_data"``: after
+        training, correct the imputations of the numeric columns for values that went
+        missing because they were high (or low), with a selection model fitted on the
+        validation holdout (:class:`~ciss_autoimpute.selection.SelfMaskingCorrection`).
+        ``"selfmasking_data"`` corrects only the columns whose direction the observed
+        data also shows; ``"selfmasking"`` every numeric column with missing cells. Applied by
+        :meth:`Imputer.fit_dataset <ciss_autoimpute.Imputer.fit_dataset>` (every fit of
+        the package goes through it; the :class:`Trainer` itself ignores it) and to new
+        rows by ``transform``. For families that assume the missingness ignorable only
+        (not-MIWAE models it itself), and it needs a holdout (``val_proportion > 0``).
 
     Examples
     --------
@@ -181,6 +192,7 @@ class TrainConfig:
     batch_size: int | Literal["auto"] = AUTO_BATCH_SIZE
     val_every: int | None = 0
     precision: Literal["32", "bf16-mixed"] = "32"
+    mnar_correction: Literal["none", "selfmasking", "selfmasking_data"] = "none"
 
     def __post_init__(self) -> None:
         o = "TrainConfig"
@@ -215,6 +227,13 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig.precision must be one of {list(PRECISIONS)}, got {self.precision!r}; pass \"32\" for "
                 "float32 everywhere or \"bf16-mixed\" for bfloat16 matrix products with float32 weights."
+            )
+        from ..selection import MNAR_CORRECTIONS
+
+        if not (isinstance(self.mnar_correction, str) and self.mnar_correction in MNAR_CORRECTIONS):
+            raise ValueError(
+                f"TrainConfig.mnar_correction must be one of {list(MNAR_CORRECTIONS)}, got {self.mnar_correction!r}; "
+                "pass \"none\", or \"selfmasking_data\" to correct the columns the data shows to be self-masked."
             )
 
     def to_dict(self) -> dict[str, Any]:

@@ -806,11 +806,19 @@ class SearchSpace:
         fixed: bool,
     ) -> TrialConfig:
         model_params = self._resolve_model(model, pick, seed, fixed=fixed)
-        if not getattr(_registry().get_model_class(model), "trainable", True):
+        cls = _registry().get_model_class(model)
+        # The self-masking correction follows the fit of any family that assumes the
+        # missingness ignorable; one that models it (not-MIWAE) leaves it out.
+        correction = "mnar_correction" in self._train and not getattr(cls, "models_missingness", False)
+        if not getattr(cls, "trainable", True):
             # A closed-form family (mean, em, knn, mice, missforest) has no epochs or learning
             # rate and pools all rows whatever the clusters: sampling those options for it
             # would only add noise to the sampler and to the trials table.
-            return TrialConfig(model, model_params, {}, {})
+            train = {}
+            if correction:
+                default = TrainConfig().mnar_correction if fixed else _MISSING
+                train["mnar_correction"] = pick(self._train["mnar_correction"], "mnar_correction", default)
+            return TrialConfig(model, model_params, train, {})
         train_defaults: dict[str, Any] = {}
         clustering_defaults: dict[str, Any] = {"n_clusters": None}
         if fixed:
@@ -827,7 +835,7 @@ class SearchSpace:
             )
         train: dict[str, Any] = {}
         for name, p in self._train.items():
-            if name == "lr_refit":
+            if name == "lr_refit" or (name == "mnar_correction" and not correction):
                 continue
             train[name] = pick(p, name, train_defaults.get(name, _MISSING))
         if "lr_refit" in self._train and train.get("reset_lr_refit") is True:
