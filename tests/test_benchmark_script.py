@@ -200,18 +200,32 @@ def test_cell_grid_and_method_filter(bench):
     assert json.dumps(bench.METHOD_NOTES)  # every note serialisable for the docs
 
 
+def _target_rows(values: dict) -> pd.DataFrame:
+    """Finished runs of table ``d`` at 30 %, seed 0: ``{(mechanism, method): rmse}``."""
+    return pd.DataFrame([{"dataset": "d", "mechanism": mech, "rate": 0.3, "seed": 0, "method": m, "status": "ok",
+                          "rmse": v, "realised_rate": 0.3} for (mech, m), v in values.items()])
+
+
 def test_targets_count_the_mnar_study_on_mnar_cells(bench):
     # Two cells: MCAR (the default study wins) and MNAR (the default study loses to MICE,
     # the mnar preset's study beats it).
     values = {("mcar", "ours_autotune"): 0.5, ("mcar", "mice"): 0.6,
               ("mnar", "ours_autotune"): 0.9, ("mnar", "mice"): 0.8, ("mnar", "ours_autotune_mnar"): 0.7}
-    rows = pd.DataFrame([{"dataset": "d", "mechanism": mech, "rate": 0.3, "seed": 0, "method": m, "status": "ok",
-                          "rmse": v, "realised_rate": 0.3} for (mech, m), v in values.items()])
-    lines = bench.targets_summary(rows, ["mice", "ours_autotune", "ours_autotune_mnar"])
+    lines = bench.targets_summary(_target_rows(values), ["mice", "ours_autotune", "ours_autotune_mnar"])
     default = next(line for line in lines if line.startswith("- Against the other tools"))
     assert "lowest RMSE in 1 of 2 cells" in default and "worst ratio to the best 1.125" in default
     by_mechanism = next(line for line in lines if line.startswith("- The study for the mechanism"))
     assert "lowest RMSE in 2 of 2 cells" in by_mechanism and "within 5 % of the best in 2 of 2" in by_mechanism
+    assert not any("mnar_correction" in line for line in lines)  # no such run, no line
+
+
+def test_targets_count_the_mnar_correction_study_on_mnar_cells_only(bench):
+    values = {("mcar", "ours_autotune"): 0.5, ("mcar", "mice"): 0.6, ("mcar", "ours_autotune_mnarcorr"): 0.9,
+              ("mnar", "ours_autotune"): 0.9, ("mnar", "mice"): 0.8, ("mnar", "ours_autotune_mnarcorr"): 0.88}
+    lines = bench.targets_summary(_target_rows(values), ["mice", "ours_autotune", "ours_autotune_mnarcorr"])
+    line = next(line for line in lines if line.startswith("- The `mnar_correction` study"))
+    # Only the MNAR cell counts (its MCAR run is not what the preset is for): 0.88 / 0.8.
+    assert "lowest RMSE in 0 of 1 cells" in line and "worst ratio to the best 1.100" in line
 
 
 def test_seeds_column_shows_a_range_when_methods_differ(bench):
