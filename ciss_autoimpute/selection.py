@@ -153,9 +153,10 @@ class SelfMaskingCorrection:
         layout = data.layout
         observed = data.observed.detach().cpu().numpy()
         held = data.val_mask.detach().cpu().numpy()
-        x_val = data.x_val.detach().cpu().double().numpy()
-        imp = imputed.detach().cpu().double().numpy()
-        sco = scored.detach().cpu().double().numpy()
+
+        def column(t: torch.Tensor, j: int, rows: np.ndarray) -> np.ndarray:
+            # One column's cells at a time: no float64 copy of the whole matrix.
+            return t[:, j].detach().cpu().double().numpy()[rows]
         kept: dict[str, list] = {k: [] for k in ("columns", "names", "max_prob", "slope", "threshold", "scale")}
         report = []
         for j in layout.numeric:
@@ -172,7 +173,8 @@ class SelfMaskingCorrection:
             m_rows, o_rows = _spread(gone, _MAX_FIT_CELLS), _spread(ho, _MAX_FIT_CELLS)
             w_m = gone.size / m_rows.size
             w_o = int(observed[:, j].sum()) / o_rows.size
-            theta = _fit_column(imp[m_rows, j], sco[o_rows, j], x_val[o_rows, j], w_m, w_o)
+            theta = _fit_column(column(imputed, j, m_rows), column(scored, j, o_rows),
+                                column(data.x_val, j, o_rows), w_m, w_o)
             pi, c, b, sig = 1.0 / (1.0 + np.exp(-theta[0])), theta[1], theta[2], float(np.exp(theta[3]))
             rec.update(max_prob=float(pi), slope=float(c), threshold=float(b), scale=sig)
             applied, reason = True, ""
