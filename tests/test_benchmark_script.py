@@ -104,6 +104,12 @@ def test_masks_for_each_mechanism(bench):
     assert allm.sum() >= above.sum() - prob.complete.shape[0] * 0.05
     with pytest.raises(ValueError, match="mechanism must be one of"):
         bench.make_mask(prob, "bogus", 0.3, seed=0)
+    # Smooth self-masking: the hidden values are higher on average, but not only above the mean.
+    logi = bench.make_mask(prob, "mnar_logistic", 0.3, seed=2)
+    X = prob.complete.to_numpy()
+    assert abs(logi.mean() - 0.3) < 0.04 and (logi & ~above).any()
+    assert (X[logi].mean() - X[~logi].mean()) > 0.5
+    assert bench.methods_for(bench.Cell("d", "mnar_logistic", 0.3, 0), ["ours_autotune_mnar"]) == ["ours_autotune_mnar"]
 
 
 def test_mnar_paper_is_the_not_miwae_protocol(bench):
