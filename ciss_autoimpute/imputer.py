@@ -7,7 +7,7 @@ import hashlib
 import io
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -196,7 +196,12 @@ class Imputer(TransformerMixin, BaseEstimator):
         return self.fit_dataset(ds, callbacks=callbacks)
 
     def fit_dataset(
-        self, dataset: Any, *, callbacks: Sequence[Any] = (), keep_predictions: bool = False
+        self,
+        dataset: Any,
+        *,
+        callbacks: Sequence[Any] = (),
+        keep_predictions: bool = False,
+        evidence_of: Callable[[], pd.DataFrame] | None = None,
     ) -> "Imputer":
         """Fit on an existing :class:`~ciss_autoimpute.ClusterDataset` (its clusters and holdout).
 
@@ -204,12 +209,23 @@ class Imputer(TransformerMixin, BaseEstimator):
         imputations the holdout was scored on and those of the missing cells (what
         :func:`~ciss_autoimpute.ensemble.select_ensemble` weighs); off by default, since
         it holds a copy of the data.
+
+        ``evidence_of``: a callable returning
+        :func:`~ciss_autoimpute.data.diagnostics.missingness_direction_evidence` of
+        ``dataset``, for a caller that already holds it (``autotune``'s trials share one);
+        read only by ``signs="data"`` and ``mnar_correction="selfmasking_data"``.
         """
         from .models.registry import build_model
         from .training import Trainer, configs_from_dict
 
         self._check_params()
         train_cfg, refit_cfg = configs_from_dict(dict(self.train_params or {}))
+        if evidence_of is None:
+            from .data.diagnostics import missingness_direction_evidence
+
+            def evidence_of() -> pd.DataFrame:
+                return missingness_direction_evidence(dataset)
+
         correction = train_cfg.mnar_correction
         evidence = None
         if correction != "none":
@@ -219,15 +235,13 @@ class Imputer(TransformerMixin, BaseEstimator):
                     "holdout, and this dataset holds out no cell; give it one (val_proportion=0.1, the default)."
                 )
             if correction == "selfmasking_data":
-                from .data.diagnostics import missingness_direction_evidence
-
-                evidence = missingness_direction_evidence(dataset)
+                evidence = evidence_of()
         params = dict(self.model_params or {})
         if params.get("signs") == "data":
             from .data.diagnostics import data_signs
 
             # Resolved on the data being fitted; the fitted model keeps the list.
-            params["signs"] = data_signs(dataset)
+            params["signs"] = data_signs(dataset, evidence=evidence_of())
         model = build_model(self.model, dataset.layout, dataset.n_clusters, params, seed=self.seed)
         trainer = Trainer(
             model, train_cfg, refit_cfg, callbacks=list(callbacks), seed=self.seed, device=dataset.device

@@ -106,8 +106,9 @@ METHOD_NOTES: dict[str, str] = {
     "ours_autotune": "autotune(SearchSpace.preset('default'), n_trials=N): the best trial, or the ensemble of "
                      "trials it returns (ensemble=8, the default)",
     "ours_autotune_mnar": "autotune(SearchSpace.preset('mnar'), n_trials=N) (MNAR cells only)",
-    "ours_autotune_mnarcorr": "autotune(SearchSpace.preset('mnar_correction'), n_trials=N): the default preset "
-                              "with the self-masking correction (mnar_correction='selfmasking_data') on every trial",
+    "ours_autotune_mnarcorr": "autotune(SearchSpace.preset('mnar_correction'), n_trials=N): the closed-form "
+                              "families (mean, em, knn, mice, missforest) with the self-masking correction "
+                              "(mnar_correction='selfmasking_data') on every trial",
     "ours_missforest_selfmask": "run_imputation(model='missforest', train_params={'mnar_correction': "
                                 "'selfmasking_data'}): our MissForest, then the self-masking correction",
 }

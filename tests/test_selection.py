@@ -194,3 +194,22 @@ def test_the_command_line_fits_the_correction(tmp_path):
     plain = Imputer(model="em", device="cpu").fit(holed)
     assert _rmse(got, full, holed, "x0") < 0.8 * _rmse(plain.fit_imputed_, full, holed, "x0")
     assert Imputer.load(model).mnar_correction_.describe().loc["x0", "applied"]
+
+
+def test_a_study_reads_the_direction_evidence_once(monkeypatch):
+    from ciss_autoimpute.data import diagnostics
+
+    calls = []
+    real = diagnostics.missingness_direction_evidence
+
+    def counted(dataset, **kw):
+        calls.append(dataset)
+        return real(dataset, **kw)
+
+    monkeypatch.setattr(diagnostics, "missingness_direction_evidence", counted)
+    holed, _ = _self_masked(1, n=300)
+    ds = ClusterDataset(holed, n_clusters=1, seed=0, device="cpu")
+    res = autotune(SearchSpace(["em", "mice"], train={"mnar_correction": "selfmasking_data"}), ds, n_trials=3,
+                   seed=0, show_progress=False, ensemble=1)
+    assert res.imputer.mnar_correction_.describe().loc["x0", "applied"]
+    assert len(calls) == 1 and calls[0] is ds  # three corrected trials, one reading of the data

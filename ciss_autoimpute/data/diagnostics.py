@@ -112,14 +112,20 @@ def missingness_direction_evidence(
     return frame.set_index("feature")
 
 
-def data_signs(dataset: Any, *, threshold: float = DIRECTION_EVIDENCE_THRESHOLD) -> list[int]:
+def data_signs(
+    dataset: Any, *, threshold: float = DIRECTION_EVIDENCE_THRESHOLD, evidence: pd.DataFrame | None = None
+) -> list[int]:
     """not-MIWAE ``signs`` read from the data: one per column of ``dataset.layout.names``.
 
     +1 or -1 where :func:`missingness_direction_evidence` calls a direction, 0 (learn
     it) everywhere else — binary and categorical columns, columns without missing
     cells, and columns the evidence does not call. What ``signs="data"`` resolves to.
+    ``evidence``: that function's frame for ``dataset`` when the caller already has it
+    (its calls are read as they are, and ``threshold`` is not used).
     """
-    called = missingness_direction_evidence(dataset, threshold=threshold)["direction"]
+    if evidence is None:
+        evidence = missingness_direction_evidence(dataset, threshold=threshold)
+    called = evidence["direction"]
     return [int(called.get(str(name), 0)) for name in dataset.data.layout.names]
 
 

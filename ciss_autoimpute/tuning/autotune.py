@@ -220,7 +220,9 @@ class _Objective:
             device=str(ds.device),
         )
         try:
-            imputer.fit_dataset(ds, callbacks=[pruning, *self.extra_callbacks], keep_predictions=self.ensemble > 1)
+            # Trials on the study's own dataset share its direction evidence (read once).
+            imputer.fit_dataset(ds, callbacks=[pruning, *self.extra_callbacks], keep_predictions=self.ensemble > 1,
+                                evidence_of=self.direction_evidence if ds is self.dataset else None)
         except TrainingDivergedError as exc:
             trial.set_user_attr("fail_reason", f"diverged: {exc}")
             trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
