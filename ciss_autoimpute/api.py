@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
@@ -205,8 +205,9 @@ def run_imputation(
         seed=seed,
         device=device,
     )
-    imputer.fit_dataset(dataset, callbacks=callbacks)
-    _warn_against_the_data(imputer, dataset)
+    evidence_of = _cached_evidence(dataset)
+    imputer.fit_dataset(dataset, callbacks=callbacks, evidence_of=evidence_of)
+    _warn_against_the_data(imputer, evidence_of)
     return ImputationResult(
         imputed=_like_input(data, imputer.fit_imputed_.copy()),
         imputer=imputer,
@@ -216,20 +217,35 @@ def run_imputation(
     )
 
 
-def _warn_against_the_data(imputer: Any, dataset: Any) -> None:
+def _cached_evidence(dataset: Any) -> Callable[[], pd.DataFrame]:
+    """``dataset``'s missingness direction evidence, computed on the first call only."""
+    from .data.diagnostics import missingness_direction_evidence
+
+    held: list[pd.DataFrame] = []
+
+    def evidence_of() -> pd.DataFrame:
+        if not held:
+            held.append(missingness_direction_evidence(dataset))
+        return held[0]
+
+    return evidence_of
+
+
+def _warn_against_the_data(imputer: Any, evidence_of: Callable[[], pd.DataFrame]) -> None:
     """Warn when a self-masking fit's directions contradict the data's evidence.
 
-    Learned directions and signs the user gave are told apart: a learned one gets the
-    signs that would fix it, a given one is pointed out as the user's to check.
+    ``evidence_of`` returns the fitted dataset's direction evidence (shared with the fit,
+    which already read it for ``signs="data"``). Learned directions and signs the user
+    gave are told apart: a learned one gets the signs that would fix it, a given one is
+    pointed out as the user's to check.
     """
-    from .data.diagnostics import missingness_direction_evidence
     from .tuning.autotune import direction_outliers, learned_directions
 
     learned = learned_directions(imputer)
     given = learned_directions(imputer, given=True)
     if not learned and not given:
         return
-    called = missingness_direction_evidence(dataset)
+    called = evidence_of()
     reference = called["direction"].to_dict()
     against = direction_outliers({0: learned}, reference).get(0, [])
     against_given = direction_outliers({0: given}, reference).get(0, [])
