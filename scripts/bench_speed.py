@@ -48,7 +48,10 @@ What is measured
   wall-clock time. On a machine shared with other jobs, wall time also counts the
   time the process waits for a core, and the load changes between the matmul
   reference and the training, so the CPU-time ratio is the load-robust one; on an
-  idle machine the two agree.
+  idle machine the two agree. With ``--threads`` above 1, CPU time also counts the
+  worker threads waiting for work (the package spends about 1.5 s of CPU per wall
+  second at 2 threads), so the targets are then judged on the wall clock, the rows
+  per second a user sees.
 * **Peak memory**: ``VmHWM`` of a child that builds the data and runs a complete
   ``Trainer.fit`` with 1 epoch (so the loop-0 imputation pass and validation
   scoring are included). The timing children report their own ``VmHWM`` too
@@ -744,20 +747,28 @@ def render(args: argparse.Namespace, argv: list[str] | None, info: dict[str, Any
     lines += ["## Targets", ""]
     at_100k = [(s, r) for s, r in fam_rows if s["rows"] == 100_000 and "error" not in r]
     auto_100k = {s["family"]: r for s, r in auto_rows if s["rows"] == 100_000 and "error" not in r}
+    # One thread: CPU time is the work done and robust to load, so it is judged. Several threads:
+    # CPU time also counts the worker threads waiting for work (the package spends about 1.5 s of
+    # CPU per wall second at 2 threads), so throughput is judged on the wall clock.
+    basis = "CPU time" if args.threads == 1 else "wall"
+
+    def judged(wall: float, cpu: float) -> float:
+        return cpu if args.threads == 1 else wall
+
     for spec, r in at_100k:
         ratio = r["gflops"] / r["matmul_gflops"]
         cpu_ratio = r["cpu_gflops"] / r["cpu_matmul_gflops"]
         line = (f"- GFLOP/s >= {RATIO_TARGET:.0%} of same-shape matmul at 100k rows, {spec['family']}: "
                 f"batch {spec['batch_size']}: wall {ratio:.0%}, CPU time {cpu_ratio:.0%} "
-                f"({'met' if cpu_ratio >= RATIO_TARGET else 'not met'})")
+                f"({'met' if judged(ratio, cpu_ratio) >= RATIO_TARGET else 'not met'})")
         ra = auto_100k.get(spec["family"])
         if ra is not None:
             a_ratio = ra["gflops"] / ra["matmul_gflops"]
             a_cpu = ra["cpu_gflops"] / ra["cpu_matmul_gflops"]
             # One decimal: a 39.7 % shown as "40 %" next to "NOT met" reads as a bug.
             line += (f"; default batch (\"auto\" -> {ra['batch_size_used']}): wall {a_ratio:.1%}, "
-                     f"CPU time {a_cpu:.1%} -> {'met' if a_cpu >= RATIO_TARGET else 'NOT met'} at the default "
-                     "(CPU time)")
+                     f"CPU time {a_cpu:.1%} -> {'met' if judged(a_ratio, a_cpu) >= RATIO_TARGET else 'NOT met'} "
+                     f"at the default ({basis})")
         else:
             line += " (default batch not measured in this run)"
         lines.append(line)
@@ -766,7 +777,8 @@ def render(args: argparse.Namespace, argv: list[str] | None, info: dict[str, Any
             ratio = r0["gflops"] / r0["matmul_gflops"]
             cpu_ratio = r0["cpu_gflops"] / r0["cpu_matmul_gflops"]
             lines.append(f"- same, cissvae with the package architecture (batch {spec['batch_size']}): "
-                         f"wall {ratio:.0%}, CPU time {cpu_ratio:.0%} -> {'met' if cpu_ratio >= RATIO_TARGET else 'NOT met'} (CPU time)")
+                         f"wall {ratio:.0%}, CPU time {cpu_ratio:.0%} -> "
+                         f"{'met' if judged(ratio, cpu_ratio) >= RATIO_TARGET else 'NOT met'} ({basis})")
     if not at_100k:
         lines.append("- GFLOP/s ratio at 100k rows: not measured in this run")
     theirs_by_rows = {(s["rows"], s.get("repeat", 0)): r for s, r in theirs}
@@ -777,8 +789,8 @@ def render(args: argparse.Namespace, argv: list[str] | None, info: dict[str, Any
             continue
         if args.repeats > 1:
             if "error" not in r0:
-                speedups.setdefault(spec["rows"], []).append(
-                    (rp["cpu_epoch_seconds"] / r1["cpu_epoch_seconds"], rp["cpu_epoch_seconds"] / r0["cpu_epoch_seconds"]))
+                key = "cpu_epoch_seconds" if args.threads == 1 else "epoch_seconds"
+                speedups.setdefault(spec["rows"], []).append((rp[key] / r1[key], rp[key] / r0[key]))
             continue
         sp1 = rp["epoch_seconds"] / r1["epoch_seconds"]
         sp0 = rp["epoch_seconds"] / r0["epoch_seconds"] if "error" not in r0 else float("nan")
@@ -786,11 +798,13 @@ def render(args: argparse.Namespace, argv: list[str] | None, info: dict[str, Any
         c0 = rp["cpu_epoch_seconds"] / r0["cpu_epoch_seconds"] if "error" not in r0 else float("nan")
         lines.append(f"- >= {SPEEDUP_TARGET:.0f}x the package's epoch throughput at {spec['rows']:,} rows: "
                      f"{sp1:.1f}x like for like (both score validation every epoch), {sp0:.1f}x with our default "
-                     f"(CPU time: {c1:.1f}x / {c0:.1f}x) -> {'met' if max(sp1, c1) >= SPEEDUP_TARGET else 'NOT met'}")
+                     f"(CPU time: {c1:.1f}x / {c0:.1f}x) -> like for like "
+                     f"{'met' if judged(sp1, c1) >= SPEEDUP_TARGET else 'NOT met'}, default "
+                     f"{'met' if judged(sp0, c0) >= SPEEDUP_TARGET else 'NOT met'} ({basis})")
     for n, pairs in speedups.items():
         like, default = (statistics.median(v) for v in zip(*pairs))
         lines.append(f"- >= {SPEEDUP_TARGET:.0f}x the package's epoch throughput at {n:,} rows, median of "
-                     f"{len(pairs)} alternating runs (CPU time): {like:.1f}x like for like (runs "
+                     f"{len(pairs)} alternating runs ({basis}): {like:.1f}x like for like (runs "
                      f"{', '.join(f'{a:.1f}' for a, _ in pairs)}), {default:.1f}x with our default (runs "
                      f"{', '.join(f'{b:.1f}' for _, b in pairs)}) -> like for like "
                      f"{'met' if like >= SPEEDUP_TARGET else 'NOT met'}, default "

@@ -47,6 +47,34 @@ def test_repeats_alternate_both_sides_and_report_the_median(monkeypatch, tmp_pat
     assert "like for like NOT met, default NOT met" in median
 
 
+def test_several_threads_are_judged_on_the_wall_clock(monkeypatch, tmp_path):
+    """With 2 threads CPU time counts waiting worker threads: the verdict reads wall seconds."""
+    module = _load()
+
+    def fake_child(python, spec, threads):
+        assert threads == 2
+        if spec["kind"] == "package":
+            # 4 s of wall clock, 6 s of CPU (its second thread mostly waits).
+            return {"epoch_seconds": 4.0, "cpu_epoch_seconds": 6.0, "peak_rss_mb": 100.0, "version": "x"}
+        wall = 1.0 if spec["val_every"] else 0.5
+        return {"epoch_seconds": wall, "cpu_epoch_seconds": 2 * wall, "gflops": 10.0, "matmul_gflops": 20.0,
+                "cpu_gflops": 5.0, "cpu_matmul_gflops": 20.0, "gflop_per_epoch": 10.0, "peak_rss_mb": 100.0,
+                "batch_size_used": 4000}
+
+    monkeypatch.setattr(module, "run_child", fake_child)
+    for repeats in ("1", "3"):
+        out = tmp_path / f"speed{repeats}.md"
+        assert module.main(["--cissvae-rows", "100000", "--sections", "package", "--cissvae-python", sys.executable,
+                            "--threads", "2", "--repeats", repeats, "--memory-rows", "0", "--out", str(out)]) == 0
+        text = out.read_text()
+        # Wall: 4x like for like, 8x default; CPU time would say 3x / 6x.
+        verdict = next(line for line in text.splitlines() if line.startswith("- >= 5x"))
+        assert "like for like NOT met, default met" in verdict and "(wall)" in verdict, verdict
+        assert "8.0x with our default" in verdict, verdict
+        share = next(line for line in text.splitlines() if "package architecture (batch 4000)" in line)
+        assert "wall 50%, CPU time 25% -> met (wall)" in share, share
+
+
 def test_repeats_must_be_positive():
     import pytest
 
