@@ -87,3 +87,19 @@ def numeric_frame() -> pd.DataFrame:
     values = rng.normal(size=(40, 4))
     values[rng.random((40, 4)) < 0.2] = np.nan
     return pd.DataFrame(values, columns=["a", "b", "c", "d"])
+
+
+@pytest.fixture
+def evidence_reads(monkeypatch) -> list:
+    """The datasets ``missingness_direction_evidence`` is computed on during the test, in order."""
+    from ciss_autoimpute.data import diagnostics
+
+    calls: list = []
+    real = diagnostics.missingness_direction_evidence
+
+    def counted(dataset, **kw):
+        calls.append(dataset)
+        return real(dataset, **kw)
+
+    monkeypatch.setattr(diagnostics, "missingness_direction_evidence", counted)
+    return calls

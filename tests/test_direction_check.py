@@ -287,24 +287,14 @@ def test_given_signs_are_not_learned_directions_and_a_wrong_one_is_pointed_out()
     assert free.imputer.model_.interpret_missing_process()["learned"].all()
 
 
-def test_run_imputation_reads_the_direction_evidence_once(monkeypatch):
+def test_run_imputation_reads_the_direction_evidence_once(evidence_reads):
     """signs="data" and the contradiction warning after the fit share one reading of the data."""
-    from ciss_autoimpute.data import diagnostics
-
-    calls = []
-    real = diagnostics.missingness_direction_evidence
-
-    def counted(dataset, **kw):
-        calls.append(dataset)
-        return real(dataset, **kw)
-
-    monkeypatch.setattr(diagnostics, "missingness_direction_evidence", counted)
     df, _ = _self_masked(-1, n=300)
     params = {"missing_process": "selfmasking_known_signs", "signs": "data", "hidden_dims": [8],
               "latent_dim": 2, "n_samples": 5, "n_impute_samples": 5}
     res = run_imputation(df, model="notmiwae", model_params=params, train_params=TINY_TRAIN, device="cpu")
     assert res.imputer.model_.params["signs"][0] == -1  # read from the data ...
-    assert len(calls) == 1  # ... once, though the warning check read it again before
+    assert len(evidence_reads) == 1  # ... once, though the warning check read it again before
 
 
 def test_signs_from_the_data_fix_the_called_directions_and_learn_the_rest(tmp_path):

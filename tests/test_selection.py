@@ -196,20 +196,10 @@ def test_the_command_line_fits_the_correction(tmp_path):
     assert Imputer.load(model).mnar_correction_.describe().loc["x0", "applied"]
 
 
-def test_a_study_reads_the_direction_evidence_once(monkeypatch):
-    from ciss_autoimpute.data import diagnostics
-
-    calls = []
-    real = diagnostics.missingness_direction_evidence
-
-    def counted(dataset, **kw):
-        calls.append(dataset)
-        return real(dataset, **kw)
-
-    monkeypatch.setattr(diagnostics, "missingness_direction_evidence", counted)
+def test_a_study_reads_the_direction_evidence_once(evidence_reads):
     holed, _ = _self_masked(1, n=300)
     ds = ClusterDataset(holed, n_clusters=1, seed=0, device="cpu")
     res = autotune(SearchSpace(["em", "mice"], train={"mnar_correction": "selfmasking_data"}), ds, n_trials=3,
                    seed=0, show_progress=False, ensemble=1)
     assert res.imputer.mnar_correction_.describe().loc["x0", "applied"]
-    assert len(calls) == 1 and calls[0] is ds  # three corrected trials, one reading of the data
+    assert len(evidence_reads) == 1 and evidence_reads[0] is ds  # three corrected trials, one reading of the data
