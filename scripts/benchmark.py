@@ -915,6 +915,13 @@ def render_markdown(rows: pd.DataFrame, *, command: str, machine: str, problems:
     return "\n".join(out)
 
 
+def _ratio_tally(ratio: pd.Series) -> str:
+    """Wins, worst cell and cells within 5 % of a study's RMSE / the best rival's, per cell."""
+    return (f"lowest RMSE in {int((ratio < 1.0).sum())} of {len(ratio)} cells; worst ratio to the best "
+            f"{ratio.max():.3f} in `{ratio.idxmax()}`; within 5 % of the best in {int((ratio <= 1.05).sum())} of "
+            f"{len(ratio)} cells.")
+
+
 def targets_summary(rows: pd.DataFrame, methods: list[str]) -> list[str]:
     """The issue's targets, checked on the runs present."""
     table = pivot(rows, "rmse", methods)
@@ -943,18 +950,14 @@ def targets_summary(rows: pd.DataFrame, methods: list[str]) -> list[str]:
             if pd.notna(table.at[c, "ours_autotune_mnar"]):
                 pick[c] = table.at[c, "ours_autotune_mnar"]
         ratio = (pick / table[other_tools].min(axis=1)).dropna()
-        lines.append(f"- The study for the mechanism (the `mnar` preset's on the MNAR cells, the default "
-                     f"elsewhere), against the other tools' methods: lowest RMSE in {int((ratio < 1.0).sum())} of "
-                     f"{len(ratio)} cells; worst ratio to the best {ratio.max():.3f} in `{ratio.idxmax()}`; "
-                     f"within 5 % of the best in {int((ratio <= 1.05).sum())} of {len(ratio)} cells.")
+        lines.append("- The study for the mechanism (the `mnar` preset's on the MNAR cells, the default "
+                     f"elsewhere), against the other tools' methods: {_ratio_tally(ratio)}")
     if "ours_autotune_mnarcorr" in table.columns and other_tools:
         # The other MNAR route: the closed-form families with the self-masking correction.
         ratio = (table.loc[mnar, "ours_autotune_mnarcorr"] / table.loc[mnar, other_tools].min(axis=1)).dropna()
         if len(ratio):
-            lines.append(f"- The `mnar_correction` study on the MNAR cells, against the other tools' methods: "
-                         f"lowest RMSE in {int((ratio < 1.0).sum())} of {len(ratio)} cells; worst ratio to the best "
-                         f"{ratio.max():.3f} in `{ratio.idxmax()}`; within 5 % of the best in "
-                         f"{int((ratio <= 1.05).sum())} of {len(ratio)} cells.")
+            lines.append("- The `mnar_correction` study on the MNAR cells, against the other tools' methods: "
+                         f"{_ratio_tally(ratio)}")
     for c in mnar:
         r = table.loc[c]
         if pd.notna(r.get("ours_notmiwae")):
