@@ -1,4 +1,4 @@
-"""scripts/bench_batch.py: one fit per family and batch size, scored on the hidden cells."""
+"""scripts/bench_batch_fit.py: one fit per family and batch size, scored on the hidden cells."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_batch.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_batch_fit.py"
 
 
 def test_each_batch_size_gets_a_fit_scored_on_the_hidden_cells(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_batch_script", SCRIPT)
+    spec = importlib.util.spec_from_file_location("bench_batch_fit_script", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "batch.csv"
