@@ -7,17 +7,25 @@ looks inside a step, for finding where the time outside the products goes::
     .venv/bin/python scripts/bench_step.py --families notmiwae --profile 20   # + torch.profiler table
 
 Same synthetic data as ``bench_speed.py`` (correlated numeric columns, 30 % MCAR, 4 random
-clusters), one torch thread, CPU time (``time.process_time``) per step, median of
-``--rounds`` rounds of ``--steps`` steps after a warm-up. Batches are contiguous slices of
-rows sorted by cluster within each batch, as the Trainer hands them to the model; the
-optimiser is fused Adam with gradient clipping at 5 (the Trainer's own lean step is a few
-percent faster). Run it on two checkouts (e.g. a ``git worktree`` of the previous commit,
-with ``PYTHONPATH`` pointing at it) for an A/B of a change.
+clusters), one torch thread by default, median of ``--rounds`` rounds of ``--steps`` steps
+after a warm-up. With one thread the times are CPU time (``time.process_time``, the work
+done even on a loaded machine); with ``--threads N`` above one they are wall-clock time,
+since CPU time then adds up the threads. Batches are contiguous slices of rows sorted by
+cluster within each batch, as the Trainer hands them to the model; the optimiser is fused
+Adam with gradient clipping at 5, by default ``torch.optim.Adam`` with
+``clip_grad_norm_``, and with ``--trainer-step`` the Trainer's own lean plumbing (one
+gradient buffer, ``FlatAdam``; a few percent faster). Run it on two checkouts (e.g. a
+``git worktree`` of the previous commit, with ``PYTHONPATH`` pointing at it) for an A/B
+of a change. A tiny batch (``--batch-size 16``) leaves almost no arithmetic in a step, so
+its time is the step's fixed cost: Python, operator dispatch and autograd::
+
+    .venv/bin/python scripts/bench_step.py --families vae cissvae --batch-size 16 --threads 2 --trainer-step
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -37,19 +45,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
                         help="also profile this many steps with torch.profiler and print the top ops")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: CPU time per step; more: wall-clock time)")
+    parser.add_argument("--trainer-step", action="store_true",
+                        help="zero, clip and step as the Trainer does (one gradient buffer, FlatAdam) instead of "
+                             "torch.optim.Adam(fused=True) with clip_grad_norm_")
     parser.add_argument("--package-arch", action="store_true",
                         help="the CISS-VAE package's architecture and optimiser (as in bench_speed.py's package "
                              "comparison): batch 4000, no clipping; use with --families cissvae")
     args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
 
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
+    # CPU time adds up the threads, so with more than one the wall clock is the step's time.
+    clock, clock_name = (time.process_time, "CPU") if args.threads == 1 else (time.perf_counter, "wall-clock")
     sys.path.insert(0, str(ROOT / "scripts"))
     from bench_speed import PACKAGE_ARCH, PACKAGE_TRAIN, make_data
 
     from ciss_autoimpute.data.dataset import ClusterDataset
     from ciss_autoimpute.models.registry import build_model
+    from ciss_autoimpute.training._flat import FlatAdam, FlatGrads
 
     params: dict = {}
     clip: float | None = 5.0
@@ -67,29 +85,38 @@ def main(argv: list[str] | None = None) -> int:
     xs = torch.where(d.train_mask, torch.nan_to_num(d.x), 0.0)[order]
     mask, clusters, observed = d.train_mask[order], d.clusters[order], d.observed[order]
 
-    print(f"torch {torch.__version__}, 1 thread; {d.n_rows} x {args.cols}, batch {bs}; CPU ms per step "
-          f"(median of {args.rounds} rounds of {args.steps} steps)")
+    threads = f"{args.threads} thread{'s' if args.threads > 1 else ''}"
+    optimiser = "the Trainer's step (FlatAdam)" if args.trainer_step else "torch.optim.Adam + clip_grad_norm_"
+    print(f"torch {torch.__version__}, {threads}; {d.n_rows} x {args.cols}, batch {bs}; {optimiser}; "
+          f"{clock_name} ms per step (median of {args.rounds} rounds of {args.steps} steps)")
     print("| family | forward | backward | optimiser | step |")
     print("|---|---:|---:|---:|---:|")
     for family in args.families:
         model = build_model(family, ds.layout, ds.n_clusters, params, seed=args.seed)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+        if args.trainer_step:
+            grads = FlatGrads(list(model.parameters()))
+            opt = FlatAdam(grads, lr=1e-3)
+            clipper = None if clip is None else functools.partial(grads.clip_grad_norm_, clip)
+        else:
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+            clipper = None if clip is None else functools.partial(torch.nn.utils.clip_grad_norm_,
+                                                                  list(model.parameters()), clip)
         gen = torch.Generator().manual_seed(args.seed)
         extra = {"observed": None} if getattr(model, "models_missingness", False) else {}
 
         def step(i: int, parts: list[float] | None = None) -> None:
             s = (i % n_batches) * bs
             kw = {k: observed[s:s + bs] for k in extra}
-            t0 = time.process_time()
+            t0 = clock()
             out = model.loss(xs[s:s + bs], mask[s:s + bs], clusters[s:s + bs], generator=gen, **kw)
-            t1 = time.process_time()
+            t1 = clock()
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
-            t2 = time.process_time()
-            if clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            t2 = clock()
+            if clipper is not None:
+                clipper()
             opt.step()
-            t3 = time.process_time()
+            t3 = clock()
             if parts is not None:
                 parts[0] += t1 - t0
                 parts[1] += t2 - t1

@@ -5,14 +5,29 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+import torch
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_step.py"
 
 
-def test_bench_step_times_each_family_in_three_parts(capsys):
+def _load():
     spec = importlib.util.spec_from_file_location("bench_step_script", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.main(["--families", "cissvae", "notmiwae", "--rows", "300", "--batch-size", "100",
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """The script sets torch's thread count for the process; put it back for the other tests."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_bench_step_times_each_family_in_three_parts(capsys):
+    assert _load().main(["--families", "cissvae", "notmiwae", "--rows", "300", "--batch-size", "100",
                         "--steps", "2", "--rounds", "1"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| cissvae", "| notmiwae"))]
     assert len(rows) == 2
@@ -23,13 +38,44 @@ def test_bench_step_times_each_family_in_three_parts(capsys):
 
 
 def test_bench_step_package_arch_uses_the_package_batch(capsys):
-    spec = importlib.util.spec_from_file_location("bench_step_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.main(["--families", "cissvae", "--package-arch", "--rows", "8000",
+    assert _load().main(["--families", "cissvae", "--package-arch", "--rows", "8000",
                         "--steps", "1", "--rounds", "1"]) == 0
     out = capsys.readouterr().out
     # The package's batch of 4000 rows replaces --batch-size, and the row is timed.
     assert "batch 4000" in out
     row = next(line for line in out.splitlines() if line.startswith("| cissvae"))
     assert float(row.strip("|").split("|")[-1]) > 0
+
+
+def test_bench_step_trainer_step_runs_the_trainers_optimiser(capsys, monkeypatch):
+    from ciss_autoimpute.training import _flat
+
+    steps = []
+
+    class CountingFlatAdam(_flat.FlatAdam):
+        def step(self, closure=None):
+            steps.append(self)
+            return super().step(closure)
+
+    monkeypatch.setattr(_flat, "FlatAdam", CountingFlatAdam)
+    assert _load().main(["--families", "vae", "--rows", "300", "--batch-size", "100", "--steps", "2",
+                         "--rounds", "1", "--trainer-step", "--threads", "2"]) == 0
+    out = capsys.readouterr().out
+    # 10 warm-up steps and one round of 2: every optimiser step went through the Trainer's FlatAdam.
+    assert len(steps) == 12 and len(set(map(id, steps))) == 1
+    assert "2 threads" in out and "the Trainer's step (FlatAdam)" in out and "wall-clock ms per step" in out
+    row = next(line for line in out.splitlines() if line.startswith("| vae"))
+    assert float(row.strip("|").split("|")[-1]) > 0
+
+
+def test_bench_step_one_thread_reports_cpu_time_with_torchs_adam(capsys):
+    assert _load().main(["--families", "vae", "--rows", "300", "--batch-size", "100", "--steps", "1",
+                         "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "1 thread;" in out and "torch.optim.Adam + clip_grad_norm_" in out and "CPU ms per step" in out
+
+
+def test_bench_step_rejects_zero_threads(capsys):
+    with pytest.raises(SystemExit):
+        _load().main(["--threads", "0"])
+    assert "--threads must be at least 1" in capsys.readouterr().err
