@@ -370,7 +370,7 @@ class ClusterLinear(nn.Module):
         n, start = rows.shape[0], 0
         # split, not slicing: its backward is one concatenation, where each slice's would
         # allocate and add a zero gradient of the whole matrix.
-        for c, seg in enumerate(rows.split(list(counts))):
+        for c, seg in enumerate(rows.split_with_sizes(list(counts))):
             size = seg.shape[0]
             start += size
             if size == 0:
@@ -403,7 +403,7 @@ class ClusterLinear(nn.Module):
             return self._segment_products(x, counts)
         weights, biases = self.weight.unbind(0), self.bias.unbind(0)
         outs = []
-        for c, seg in enumerate(x.split(counts, dim=-2)):
+        for c, seg in enumerate(x.split_with_sizes(list(counts), dim=-2)):
             if seg.shape[-2] == 0:
                 continue
             outs.append(torch.matmul(seg, weights[c]) + biases[c])
@@ -429,8 +429,10 @@ class _SegmentLinear(torch.autograd.Function):
                 counts: tuple[int, ...]) -> torch.Tensor:
         rows = rows.contiguous()
         out = rows.new_empty(rows.shape[0], weight.shape[2])
-        # split / unbind: every segment's view in one call (this loop's Python cost counts).
-        for size, x, y, w, b in zip(counts, rows.split(counts), out.split(counts), weight.unbind(0), bias.unbind(0)):
+        # split_with_sizes / unbind: every segment's view in one call (this loop's Python cost
+        # counts; Tensor.split is a Python wrapper that costs twice split_with_sizes).
+        for size, x, y, w, b in zip(counts, rows.split_with_sizes(counts), out.split_with_sizes(counts),
+                                    weight.unbind(0), bias.unbind(0)):
             if size:
                 torch.addmm(b, x, w, out=y)
         ctx.save_for_backward(rows, weight)
@@ -448,9 +450,11 @@ class _SegmentLinear(torch.autograd.Function):
         grad_weight = torch.empty_like(weight) if need_weight else None
         grad_bias = weight.new_empty(n_clusters, weight.shape[2]) if need_bias else None
         none = (None,) * n_clusters
-        for size, g, x, w, gx, gw, gb in zip(
-            counts, grad.split(counts), rows.split(counts), weight.unbind(0),
-            none if grad_rows is None else grad_rows.split(counts),
+        # The transposed segments and weights as views of one call each, not one .t() per cluster.
+        for size, g, xt, wt, gx, gw, gb in zip(
+            counts, grad.split_with_sizes(counts), rows.t().split_with_sizes(counts, 1),
+            weight.transpose(1, 2).unbind(0),
+            none if grad_rows is None else grad_rows.split_with_sizes(counts),
             none if grad_weight is None else grad_weight.unbind(0),
             none if grad_bias is None else grad_bias.unbind(0),
         ):
@@ -461,9 +465,9 @@ class _SegmentLinear(torch.autograd.Function):
                         buffer.zero_()
                 continue
             if gx is not None:
-                torch.mm(g, w.t(), out=gx)
+                torch.mm(g, wt, out=gx)
             if gw is not None:
-                torch.mm(x.t(), g, out=gw)
+                torch.mm(xt, g, out=gw)
             if gb is not None:
                 torch.sum(g, 0, out=gb)
         return grad_rows, grad_weight, grad_bias, None
