@@ -16,6 +16,15 @@ def _load():
     return module
 
 
+def _ours(**values):
+    """A child result of our Trainer for the fake runs: 1 s epochs at 30 of 100 GFLOP/s, unless overridden."""
+    return {"epoch_seconds": 1.0, "all_epoch_seconds": [1.0, 1.0], "cpu_epoch_seconds": 1.0,
+            "gflops": 30.0, "matmul_gflops": 100.0, "cpu_gflops": 30.0, "cpu_matmul_gflops": 100.0,
+            "run_matmul_gflops": 100.0, "cpu_run_matmul_gflops": 100.0, "linear_shapes": [[1000, 50, 128]],
+            "run_linear_shapes": [[1000, 50, 128]], "rows_per_second": 1.0, "gflop_per_epoch": 30.0,
+            "peak_rss_mb": 100.0, "load_start": 0.0, "batch_size_used": 1000, **values}
+
+
 def test_repeats_alternate_both_sides_and_report_the_median(monkeypatch, tmp_path):
     module = _load()
     order = []
@@ -114,11 +123,7 @@ def test_the_share_is_also_judged_against_the_products_as_run(monkeypatch, tmp_p
 
     def fake_child(python, spec, threads):
         run = segments if spec["family"] == "cissvae" else whole
-        return {"epoch_seconds": 1.0, "all_epoch_seconds": [1.0, 1.0], "cpu_epoch_seconds": 1.0,
-                "gflops": 30.0, "matmul_gflops": 100.0, "cpu_gflops": 30.0, "cpu_matmul_gflops": 100.0,
-                "run_matmul_gflops": 60.0, "cpu_run_matmul_gflops": 60.0, "linear_shapes": whole,
-                "run_linear_shapes": run, "rows_per_second": 1.0, "gflop_per_epoch": 30.0,
-                "peak_rss_mb": 100.0, "load_start": 0.0, "batch_size_used": 1000}
+        return _ours(run_matmul_gflops=60.0, cpu_run_matmul_gflops=60.0, linear_shapes=whole, run_linear_shapes=run)
 
     monkeypatch.setattr(module, "run_child", fake_child)
     out = tmp_path / "auto.md"
@@ -147,11 +152,8 @@ def test_repeated_default_batch_runs_are_judged_on_their_median(monkeypatch, tmp
         order.append((spec["repeat"], spec["family"]))
         g = gflops[spec["repeat"]] if spec["family"] == "cissvae" else 20.0
         run = [[500, 50, 128], [500, 50, 128]] if spec["family"] == "cissvae" else [[1000, 50, 128]]
-        return {"epoch_seconds": 1.0, "all_epoch_seconds": [1.0, 1.0], "cpu_epoch_seconds": 2.0,
-                "gflops": g, "matmul_gflops": 100.0, "cpu_gflops": g / 2, "cpu_matmul_gflops": 50.0,
-                "run_matmul_gflops": 80.0, "cpu_run_matmul_gflops": 40.0, "linear_shapes": [[1000, 50, 128]],
-                "run_linear_shapes": run, "rows_per_second": 1.0, "gflop_per_epoch": 30.0,
-                "peak_rss_mb": 100.0, "load_start": 0.0, "batch_size_used": 1000}
+        return _ours(cpu_epoch_seconds=2.0, gflops=g, cpu_gflops=g / 2, cpu_matmul_gflops=50.0,
+                     run_matmul_gflops=80.0, cpu_run_matmul_gflops=40.0, run_linear_shapes=run)
 
     monkeypatch.setattr(module, "run_child", fake_child)
     out = tmp_path / "auto.md"
@@ -181,11 +183,9 @@ def test_repeated_fixed_batch_runs_alternate_and_are_judged_on_their_median(monk
         order.append((spec["repeat"], spec["family"]))
         g = gflops[spec["repeat"]] if spec["family"] == "vae" else 20.0
         run = [[1000, 50, 128], [1048, 50, 128]] if spec["family"] == "cissvae" else [[2048, 50, 128]]
-        return {"epoch_seconds": 1.0, "all_epoch_seconds": [1.0, 1.0], "cpu_epoch_seconds": 2.0,
-                "gflops": g, "matmul_gflops": 100.0, "cpu_gflops": g / 2, "cpu_matmul_gflops": 50.0,
-                "run_matmul_gflops": 40.0, "cpu_run_matmul_gflops": 20.0, "linear_shapes": [[2048, 50, 128]],
-                "run_linear_shapes": run, "rows_per_second": 1.0, "gflop_per_epoch": 30.0,
-                "peak_rss_mb": 100.0, "load_start": 0.0, "batch_size_used": 2048}
+        return _ours(cpu_epoch_seconds=2.0, gflops=g, cpu_gflops=g / 2, cpu_matmul_gflops=50.0,
+                     run_matmul_gflops=40.0, cpu_run_matmul_gflops=20.0, linear_shapes=[[2048, 50, 128]],
+                     run_linear_shapes=run, batch_size_used=2048)
 
     monkeypatch.setattr(module, "run_child", fake_child)
     out = tmp_path / "families.md"
@@ -208,11 +208,7 @@ def test_a_single_fixed_batch_run_names_its_basis(monkeypatch, tmp_path):
     module = _load()
 
     def fake_child(python, spec, threads):
-        return {"epoch_seconds": 1.0, "all_epoch_seconds": [1.0, 1.0], "cpu_epoch_seconds": 1.0,
-                "gflops": 45.0, "matmul_gflops": 100.0, "cpu_gflops": 35.0, "cpu_matmul_gflops": 100.0,
-                "linear_shapes": [[256, 50, 128]], "run_linear_shapes": [[256, 50, 128]],
-                "run_matmul_gflops": 100.0, "cpu_run_matmul_gflops": 100.0, "rows_per_second": 1.0,
-                "gflop_per_epoch": 30.0, "peak_rss_mb": 100.0, "load_start": 0.0, "batch_size_used": 256}
+        return _ours(gflops=45.0, cpu_gflops=35.0, batch_size_used=256)
 
     monkeypatch.setattr(module, "run_child", fake_child)
     out = tmp_path / "one.md"
