@@ -25,6 +25,27 @@ def _ours(**values):
             "peak_rss_mb": 100.0, "load_start": 0.0, "batch_size_used": 1000, **values}
 
 
+def _repeating_child(specs, varying, gflops, *, whole, segments, **values):
+    """A fake child for repeated family runs, recording each spec it gets.
+
+    ``varying`` reaches ``gflops[repeat]`` GFLOP/s of the whole-batch reference's 100 (CPU time:
+    half of each), every other family 20; cissvae multiplies ``segments``, the others ``whole``.
+    """
+    def fake_child(python, spec, threads):
+        specs.append(spec)
+        g = gflops[spec["repeat"]] if spec["family"] == varying else 20.0
+        run = segments if spec["family"] == "cissvae" else whole
+        return _ours(cpu_epoch_seconds=2.0, gflops=g, cpu_gflops=g / 2, cpu_matmul_gflops=50.0,
+                     linear_shapes=whole, run_linear_shapes=run, **values)
+
+    return fake_child
+
+
+def _target_line(text, family):
+    """The report's matmul-share target line of ``family``."""
+    return next(x for x in text.splitlines() if x.startswith("- GFLOP/s") and f", {family}:" in x)
+
+
 def test_repeats_alternate_both_sides_and_report_the_median(monkeypatch, tmp_path):
     module = _load()
     order = []
@@ -130,8 +151,7 @@ def test_the_share_is_also_judged_against_the_products_as_run(monkeypatch, tmp_p
     assert module.main(["--rows", "100000", "--sections", "auto", "--families", "vae", "cissvae",
                         "--memory-rows", "0", "--out", str(out)]) == 0
     text = out.read_text()
-    lines = {f: next(line for line in text.splitlines() if line.startswith(f"- GFLOP/s") and f", {f}:" in line)
-             for f in ("vae", "cissvae")}
+    lines = {f: _target_line(text, f) for f in ("vae", "cissvae")}
     # 30 of 100 GFLOP/s against whole batches; 30 of 60 against the segment products.
     assert "CPU time 30.0% -> NOT met at the default" in lines["cissvae"]
     assert "against the products as run (one per cluster segment): wall 50.0%, CPU time 50.0% -> met" in lines[
@@ -144,61 +164,47 @@ def test_the_share_is_also_judged_against_the_products_as_run(monkeypatch, tmp_p
 
 def test_repeated_default_batch_runs_are_judged_on_their_median(monkeypatch, tmp_path):
     module = _load()
-    order = []
+    specs = []
     # cissvae reaches 30, 45 and 50 % of the whole-batch rate (median 45 %: met) in three runs.
-    gflops = {0: 30.0, 1: 45.0, 2: 50.0}
-
-    def fake_child(python, spec, threads):
-        order.append((spec["repeat"], spec["family"]))
-        g = gflops[spec["repeat"]] if spec["family"] == "cissvae" else 20.0
-        run = [[500, 50, 128], [500, 50, 128]] if spec["family"] == "cissvae" else [[1000, 50, 128]]
-        return _ours(cpu_epoch_seconds=2.0, gflops=g, cpu_gflops=g / 2, cpu_matmul_gflops=50.0,
-                     run_matmul_gflops=80.0, cpu_run_matmul_gflops=40.0, run_linear_shapes=run)
-
-    monkeypatch.setattr(module, "run_child", fake_child)
+    monkeypatch.setattr(module, "run_child", _repeating_child(
+        specs, "cissvae", {0: 30.0, 1: 45.0, 2: 50.0}, whole=[[1000, 50, 128]],
+        segments=[[500, 50, 128], [500, 50, 128]], run_matmul_gflops=80.0, cpu_run_matmul_gflops=40.0))
     out = tmp_path / "auto.md"
     assert module.main(["--rows", "100000", "--sections", "auto", "--families", "vae", "cissvae", "--threads", "2",
                         "--repeats", "3", "--memory-rows", "0", "--out", str(out)]) == 0
     # The families alternate within each run.
-    assert order == [(r, f) for r in range(3) for f in ("vae", "cissvae")]
+    assert [(s["repeat"], s["family"]) for s in specs] == [(r, f) for r in range(3) for f in ("vae", "cissvae")]
     text = out.read_text()
     assert "| cissvae (run 3) | 100,000 |" in text
-    line = next(x for x in text.splitlines() if x.startswith("- GFLOP/s") and ", cissvae:" in x)
+    line = _target_line(text, "cissvae")
     assert "median 45.0% of 3 alternating runs (30%, 45%, 50%; wall) -> met" in line, line
     # Against the segment products (80 GFLOP/s): 38 / 56 / 62 %, median 56 %.
     assert "products as run (one per cluster segment): median 56.2% of 3 alternating runs" in line, line
-    vae = next(x for x in text.splitlines() if x.startswith("- GFLOP/s") and ", vae:" in x)
+    vae = _target_line(text, "vae")
     assert "median 20.0% of 3 alternating runs (20%, 20%, 20%; wall) -> NOT met" in vae
 
 
 def test_repeated_fixed_batch_runs_alternate_and_are_judged_on_their_median(monkeypatch, tmp_path):
     """--repeats also repeats the fixed-batch family table (section ``families``)."""
     module = _load()
-    order = []
+    specs = []
     # At batch 2048 vae reaches 35, 50 and 42 % (median 42 %: met); cissvae 20 % in every run.
-    gflops = {0: 35.0, 1: 50.0, 2: 42.0}
-
-    def fake_child(python, spec, threads):
-        assert spec["batch_size"] == 2048
-        order.append((spec["repeat"], spec["family"]))
-        g = gflops[spec["repeat"]] if spec["family"] == "vae" else 20.0
-        run = [[1000, 50, 128], [1048, 50, 128]] if spec["family"] == "cissvae" else [[2048, 50, 128]]
-        return _ours(cpu_epoch_seconds=2.0, gflops=g, cpu_gflops=g / 2, cpu_matmul_gflops=50.0,
-                     run_matmul_gflops=40.0, cpu_run_matmul_gflops=20.0, linear_shapes=[[2048, 50, 128]],
-                     run_linear_shapes=run, batch_size_used=2048)
-
-    monkeypatch.setattr(module, "run_child", fake_child)
+    monkeypatch.setattr(module, "run_child", _repeating_child(
+        specs, "vae", {0: 35.0, 1: 50.0, 2: 42.0}, whole=[[2048, 50, 128]],
+        segments=[[1000, 50, 128], [1048, 50, 128]], run_matmul_gflops=40.0, cpu_run_matmul_gflops=20.0,
+        batch_size_used=2048))
     out = tmp_path / "families.md"
     assert module.main(["--rows", "100000", "--sections", "families", "--families", "vae", "cissvae",
                         "--batch-size", "2048", "--threads", "2", "--repeats", "3", "--memory-rows", "0",
                         "--out", str(out)]) == 0
-    assert order == [(r, f) for r in range(3) for f in ("vae", "cissvae")]
+    assert all(s["batch_size"] == 2048 for s in specs)
+    assert [(s["repeat"], s["family"]) for s in specs] == [(r, f) for r in range(3) for f in ("vae", "cissvae")]
     text = out.read_text()
     assert "| vae (run 2) | 100,000 |" in text and "| cissvae (run 3) | 100,000 |" in text
-    vae = next(x for x in text.splitlines() if x.startswith("- GFLOP/s") and ", vae:" in x)
+    vae = _target_line(text, "vae")
     assert "batch 2048: median 42.0% of 3 alternating runs (35%, 50%, 42%; wall) -> met" in vae, vae
     assert "default batch not measured" in vae
-    cissvae = next(x for x in text.splitlines() if x.startswith("- GFLOP/s") and ", cissvae:" in x)
+    cissvae = _target_line(text, "cissvae")
     # Whole batches: 20 %; the segment products (40 GFLOP/s): 50 %.
     assert "batch 2048: median 20.0% of 3 alternating runs (20%, 20%, 20%; wall) -> NOT met" in cissvae, cissvae
     assert "products as run (one per cluster segment): median 50.0% of 3 alternating runs" in cissvae, cissvae
@@ -214,6 +220,6 @@ def test_a_single_fixed_batch_run_names_its_basis(monkeypatch, tmp_path):
     out = tmp_path / "one.md"
     assert module.main(["--rows", "100000", "--sections", "families", "--families", "vae",
                         "--memory-rows", "0", "--out", str(out)]) == 0
-    line = next(x for x in out.read_text().splitlines() if x.startswith("- GFLOP/s") and ", vae:" in x)
+    line = _target_line(out.read_text(), "vae")
     # One thread: judged on CPU time (35 %), not the wall clock (45 %).
     assert "batch 256: wall 45.0%, CPU time 35.0% -> NOT met (CPU time); default batch not measured" in line, line
