@@ -11,7 +11,9 @@ clusters), one torch thread by default, median of ``--rounds`` rounds of ``--ste
 after a warm-up. With one thread the times are CPU time (``time.process_time``, the work
 done even on a loaded machine); with ``--threads N`` above one they are wall-clock time,
 since CPU time then adds up the threads. Batches are contiguous slices of rows sorted by
-cluster within each batch, as the Trainer hands them to the model; the optimiser is fused
+cluster within each batch, with their cluster ids as a ``ClusterIndex`` (grouped for
+cissvae), as the Trainer hands them to the model (``--plain-ids`` also times the steps with
+the ids as a plain tensor, interleaved); the optimiser is fused
 Adam with gradient clipping at 5, by default ``torch.optim.Adam`` with
 ``clip_grad_norm_``, and with ``--trainer-step`` the Trainer's own lean plumbing (one
 gradient buffer, ``FlatAdam``; a few percent faster). Run it on two checkouts (e.g. a
@@ -30,6 +32,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--package-arch", action="store_true",
                         help="the CISS-VAE package's architecture and optimiser (as in bench_speed.py's package "
                              "comparison): batch 4000, no clipping; use with --families cissvae")
+    parser.add_argument("--plain-ids", action="store_true",
+                        help="also time every step with the batch's cluster ids as a plain tensor, which the loss "
+                             "checks and (cissvae) groups itself with host reads, interleaved round by round with "
+                             "the Trainer's ClusterIndex: an in-process A/B of the two")
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
@@ -66,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench_speed import PACKAGE_ARCH, PACKAGE_TRAIN, make_data
 
     from ciss_autoimpute.data.dataset import ClusterDataset
+    from ciss_autoimpute.models.layers import ClusterIndex
     from ciss_autoimpute.models.registry import build_model
     from ciss_autoimpute.training._flat import FlatAdam, FlatGrads
 
@@ -84,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     order = torch.argsort(key, stable=True)
     xs = torch.where(d.train_mask, torch.nan_to_num(d.x), 0.0)[order]
     mask, clusters, observed = d.train_mask[order], d.clusters[order], d.observed[order]
+    # Each batch's rows per cluster, for the grouped index the Trainer passes to the loss.
+    counts = torch.bincount(key, minlength=(n_batches + 1) * ds.n_clusters).view(-1, ds.n_clusters).tolist()
 
     threads = f"{args.threads} thread{'s' if args.threads > 1 else ''}"
     optimiser = "the Trainer's step (FlatAdam)" if args.trainer_step else "torch.optim.Adam + clip_grad_norm_"
@@ -104,11 +114,21 @@ def main(argv: list[str] | None = None) -> int:
         gen = torch.Generator().manual_seed(args.seed)
         extra = {"observed": None} if getattr(model, "models_missingness", False) else {}
 
-        def step(i: int, parts: list[float] | None = None) -> None:
-            s = (i % n_batches) * bs
+        def batch_clusters(b: int, plain: bool) -> Any:
+            """The batch's cluster ids as the Trainer passes them (a ClusterIndex where the model takes one)."""
+            ids = clusters[b * bs:(b + 1) * bs]
+            if plain or not model.accepts_cluster_index:
+                return ids
+            if model.sorts_batches_by_cluster:
+                return ClusterIndex.grouped(counts[b], ds.n_clusters, ids)
+            return ClusterIndex(ids, ds.n_clusters)
+
+        def step(i: int, parts: list[float] | None = None, plain: bool = False) -> None:
+            b = i % n_batches
+            s = b * bs
             kw = {k: observed[s:s + bs] for k in extra}
             t0 = clock()
-            out = model.loss(xs[s:s + bs], mask[s:s + bs], clusters[s:s + bs], generator=gen, **kw)
+            out = model.loss(xs[s:s + bs], mask[s:s + bs], batch_clusters(b, plain), generator=gen, **kw)
             t1 = clock()
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
@@ -122,16 +142,22 @@ def main(argv: list[str] | None = None) -> int:
                 parts[1] += t2 - t1
                 parts[2] += t3 - t2
 
+        # With --plain-ids each round also times the steps with plain ids, right after the Trainer's way.
+        ways = (False, True) if args.plain_ids else (False,)
         for i in range(10):
-            step(i)
-        rounds = []
+            for plain in ways:
+                step(i, plain=plain)
+        rounds: dict[bool, list[list[float]]] = {plain: [] for plain in ways}
         for r in range(args.rounds):
-            parts = [0.0, 0.0, 0.0]
-            for i in range(args.steps):
-                step(r * args.steps + i, parts)
-            rounds.append([1e3 * p / args.steps for p in parts])
-        med = [statistics.median(r[j] for r in rounds) for j in range(3)]
-        print(f"| {family} | {med[0]:.2f} | {med[1]:.2f} | {med[2]:.2f} | {sum(med):.2f} |")
+            for plain in ways:
+                parts = [0.0, 0.0, 0.0]
+                for i in range(args.steps):
+                    step(r * args.steps + i, parts, plain)
+                rounds[plain].append([1e3 * p / args.steps for p in parts])
+        for plain in ways:
+            med = [statistics.median(r[j] for r in rounds[plain]) for j in range(3)]
+            label = f"{family} (plain ids)" if plain else family
+            print(f"| {label} | {med[0]:.2f} | {med[1]:.2f} | {med[2]:.2f} | {sum(med):.2f} |")
         if args.profile:
             from torch.profiler import ProfilerActivity, profile
 

@@ -79,3 +79,27 @@ def test_bench_step_rejects_zero_threads(capsys):
     with pytest.raises(SystemExit):
         _load().main(["--threads", "0"])
     assert "--threads must be at least 1" in capsys.readouterr().err
+
+
+def test_bench_step_passes_the_trainers_cluster_index_and_plain_ids_on_request(capsys, monkeypatch):
+    from ciss_autoimpute.models.families.vae import VAE
+    from ciss_autoimpute.models.layers import ClusterIndex
+
+    seen = []
+    loss = VAE.loss
+
+    def spy(self, x, mask, clusters, **kw):
+        seen.append(clusters)
+        return loss(self, x, mask, clusters, **kw)
+
+    monkeypatch.setattr(VAE, "loss", spy)  # cissvae's loss is the VAE's
+    assert _load().main(["--families", "cissvae", "--rows", "300", "--batch-size", "100", "--steps", "2",
+                         "--rounds", "1", "--plain-ids"]) == 0
+    out = capsys.readouterr().out
+    assert [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| cissvae")] == [
+        "cissvae", "cissvae (plain ids)"]
+    # 10 warm-up steps and one round of 2, each way: the Trainer's grouped index, then plain ids.
+    grouped = [c for c in seen if isinstance(c, ClusterIndex)]
+    assert len(grouped) == len(seen) - len(grouped) == 12
+    assert all(c.is_grouped and sum(c.counts) == 100 for c in grouped)
+    assert all(isinstance(c, torch.Tensor) for c in seen if not isinstance(c, ClusterIndex))

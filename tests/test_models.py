@@ -707,6 +707,56 @@ def test_cissvae_takes_a_cluster_sorted_batch_as_it_is_with_the_same_imputations
     assert torch.isfinite(model.loss(xs, ms, cs, generator=gen()).loss)
 
 
+TRAINABLE = [f for f in available_models() if get_model_class(f).trainable]
+
+
+@pytest.mark.parametrize("family", TRAINABLE)
+def test_a_cluster_index_of_the_batch_gives_the_same_results_as_the_ids(family):
+    # The Trainer passes training batches as a ClusterIndex (grouped by cluster for the
+    # families that sort their batches) so that a step reads nothing back from the device.
+    # Losses (values and gradients) and imputations must be those of the plain ids.
+    from ciss_autoimpute.models.layers import ClusterIndex
+
+    assert get_model_class(family).accepts_cluster_index
+    x, mask, _, _ = mixed_batch(60)
+    clusters = torch.arange(60) % 3
+    order = torch.argsort(clusters, stable=True)
+    x, mask, clusters = x[order], mask[order], clusters[order]  # sorted, as the Trainer sorts
+    params = small_params(family) if issubclass(get_model_class(family), LatentModel) else {}
+    model = build_model(family, LAYOUT, 3, params, seed=2)
+    indexes = [ClusterIndex(clusters, 3), ClusterIndex.grouped((20, 20, 20), 3, clusters),
+               ClusterIndex.grouped((20, 20, 20), 3)]
+    loss = model.loss(x, mask, clusters, generator=gen(7)).loss
+    grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+    imputed = model.impute(x, mask, clusters, generator=gen(8))
+    for index in indexes:
+        out = model.loss(x, mask, index, generator=gen(7)).loss
+        assert torch.equal(out, loss)
+        for a, b in zip(torch.autograd.grad(out, list(model.parameters()), allow_unused=True), grads):
+            assert (a is None and b is None) or torch.equal(a, b)
+        assert torch.equal(model.impute(x, mask, index, generator=gen(8)), imputed)
+        draws = model.sample_imputations(x, mask, index, 2, generator=gen(9))
+        assert torch.equal(draws, model.sample_imputations(x, mask, clusters, 2, generator=gen(9)))
+
+
+def test_a_cluster_index_is_checked_against_the_batch_and_the_model():
+    from ciss_autoimpute.models.layers import ClusterIndex
+
+    x, mask, clusters, _ = mixed_batch(8)
+    model = build("cissvae", n_clusters=2)
+    with pytest.raises(ValueError, match="ranges over 3 clusters but the model was built with n_clusters=2"):
+        model.loss(x, mask, ClusterIndex(clusters, 3))
+    with pytest.raises(ValueError, match="describes 5 rows but x has 8"):
+        model.loss(x, mask, ClusterIndex.grouped((2, 3), 2))
+    with pytest.raises(ValueError, match="describes 4 rows but x has 8"):
+        model.impute(x, mask, ClusterIndex(clusters[:4], 2))
+    # Families that do not take an index say what they want.
+    mean = build_model("mean", LAYOUT, 2, {})
+    assert not mean.accepts_cluster_index
+    with pytest.raises(TypeError, match=r"clusters must be an int64 torch.Tensor \[n\], got ClusterIndex"):
+        mean.check_batch(x, mask, ClusterIndex(clusters, 2))
+
+
 def test_gaussian_head_split_is_one_node_with_the_sliced_values_and_gradients():
     # All-numeric data with a learned scale: split() returns (mean, clamped log-scale) from one
     # autograd node whose backward concatenates the two gradients once. Values and gradients

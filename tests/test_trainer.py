@@ -14,6 +14,7 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ciss_autoimpute.data.layout import EncodedData, FeatureLayout
 from ciss_autoimpute.exceptions import TrainingDivergedError
@@ -346,6 +347,72 @@ def test_batches_come_sorted_by_cluster_when_the_model_asks_and_hold_the_same_ro
             assert torch.equal(rows[ids == c], plain_rows[plain_ids == c])
     if n_clusters > 1:
         assert any(not torch.equal(a[0], b[0]) for a, b in zip(seen[True], seen[False]))
+
+
+#: Tensor methods that read a value back to the host: each one waits for the device (on a GPU).
+_HOST_READS = frozenset({"item", "tolist", "__int__", "__float__", "__bool__", "__index__"})
+
+
+class _HostReads(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in _HOST_READS:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+class _ReadsPerEpoch(Callback):
+    """Host reads between consecutive epoch ends (the epoch's steps and its summary)."""
+
+    def __init__(self):
+        self.counts: list[int] = []
+        self.mode: _HostReads | None = None
+
+    def on_epoch_end(self, trainer, record):
+        self.close()
+        self.mode = _HostReads()
+        self.mode.__enter__()
+
+    def close(self):
+        if self.mode is not None:
+            self.mode.__exit__(None, None, None)
+            self.counts.append(self.mode.count)
+            self.mode = None
+
+
+@pytest.mark.parametrize("family", ["vae", "cissvae", "miwae", "notmiwae", "gain", "mida"])
+def test_training_steps_read_nothing_back_from_the_device(family):
+    # On a GPU every host read (a cluster id checked with int(), counts with tolist()) stalls
+    # the queue of kernels. The Trainer checks the ids once and passes each batch as a
+    # ClusterIndex, so an epoch reads the same small number of values however many steps it has.
+    from ciss_autoimpute.models.registry import build_model, get_model_class
+
+    n, d = 96, 4
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, d, generator=g)
+    observed = torch.rand(n, d, generator=g) > 0.2
+    data = EncodedData(x=torch.where(observed, x, 0.0), observed=observed, train_mask=observed,
+                       val_mask=torch.zeros_like(observed), x_val=torch.zeros(n, d),
+                       clusters=torch.randint(0, 3, (n,), generator=g), n_clusters=3,
+                       layout=FeatureLayout.all_numeric(d))
+    defaults = get_model_class(family).default_params()
+    small = {"hidden_dims": [8], "latent_dim": 2, "n_samples": 3, "missing_hidden_dim": 4}
+    reads = {}
+    for batch_size in (48, 8):  # 2 and 12 steps per epoch
+        model = build_model(family, data.layout, 3, {k: v for k, v in small.items() if k in defaults}, seed=0)
+        spy = _ReadsPerEpoch()
+        try:
+            Trainer(model, TrainConfig(epochs=3, batch_size=batch_size), RefitConfig(max_loops=0), callbacks=[spy],
+                    seed=0, device="cpu").fit(data)
+        finally:
+            spy.close()
+        reads[batch_size] = spy.counts[:2]  # epochs 2 and 3 (the last count is after the run)
+    assert family != "cissvae" or model.sorts_batches_by_cluster
+    assert reads[8] == reads[48], reads
+    assert max(reads[8]) <= 2, reads
 
 
 # --------------------------------------------------------------------------- refit loop

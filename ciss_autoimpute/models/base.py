@@ -10,7 +10,11 @@ Conventions for every method taking ``(x, mask, clusters)``:
   filler (the replacement value at first, the model's own imputations during the
   impute-refit loop); the likelihood never reads them.
 * ``mask`` — bool ``[n, d]``: cells the model may learn from (observed, not held out).
-* ``clusters`` — int64 ``[n]``: cluster id of each row.
+* ``clusters`` — int64 ``[n]``: cluster id of each row. Families that set
+  :attr:`ImputationModel.accepts_cluster_index` also take a
+  :class:`~ciss_autoimpute.models.layers.ClusterIndex` of the rows, whose ids count as
+  checked (the :class:`~ciss_autoimpute.training.Trainer` passes one per training
+  batch, so a step needs no host synchronisation to check or group the ids).
 * ``generator`` — a ``torch.Generator`` on the same device, the only source of
   randomness (reparameterisation, importance samples). No global RNG is touched.
 """
@@ -27,6 +31,7 @@ import torch
 from torch import nn
 
 from ..data.layout import FeatureLayout
+from .layers import ClusterIndex
 
 __all__ = ["ImputationModel", "LossOutput", "UpdateStep"]
 
@@ -93,6 +98,11 @@ class ImputationModel(nn.Module, abc.ABC):
     trainable: ClassVar[bool] = True
     #: True when single imputations are importance-weighted (MIWAE, not-MIWAE).
     importance_weighted: ClassVar[bool] = False
+    #: True when the methods taking a batch also accept ``clusters`` as a
+    #: :class:`~ciss_autoimpute.models.layers.ClusterIndex` of its rows, taken as checked:
+    #: :meth:`check_batch` then reads only its row and cluster counts, with no host
+    #: synchronisation. The Trainer passes such an index to these families' losses.
+    accepts_cluster_index: ClassVar[bool] = False
 
     @property
     def sorts_batches_by_cluster(self) -> bool:
@@ -220,6 +230,19 @@ class ImputationModel(nn.Module, abc.ABC):
             raise TypeError(f"mask must be a bool torch.Tensor shaped like x, got {_describe(mask)}; use mask.bool().")
         if mask.shape != x.shape:
             raise ValueError(f"mask has shape {tuple(mask.shape)} but x has {tuple(x.shape)}; they must match.")
+        if self.accepts_cluster_index and isinstance(clusters, ClusterIndex):
+            # Ids were checked when the index was made; its sizes are host-side numbers.
+            if clusters.n_clusters != self.n_clusters:
+                raise ValueError(
+                    f"the ClusterIndex ranges over {clusters.n_clusters} clusters but the model was built with "
+                    f"n_clusters={self.n_clusters}; build the index with the model's n_clusters."
+                )
+            if clusters.n_rows != x.shape[0]:
+                raise ValueError(
+                    f"the ClusterIndex describes {clusters.n_rows} rows but x has {x.shape[0]}; "
+                    "index exactly the rows of the batch."
+                )
+            return
         if not isinstance(clusters, torch.Tensor) or clusters.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"clusters must be an int64 torch.Tensor [n], got {_describe(clusters)}.")
         if clusters.shape != (x.shape[0],):

@@ -113,8 +113,11 @@ def normalise_layer_order(order: Sequence[str], *, n_layers: int, name: str = "l
 class ClusterIndex:
     """Rows grouped by cluster: computed once, reused by every cluster-specific layer.
 
-    Build it with :meth:`build`, which checks the ids. The sort is computed on
-    first use only, since small layers never need it.
+    Build it with :meth:`build`, which checks the ids. The constructor takes ids as
+    given, with no check and no host synchronisation: it is for ids already checked,
+    such as the :class:`~ciss_autoimpute.training.Trainer`'s batches of a dataset it
+    validated once. The sort is computed on first use only, since small layers never
+    need it.
 
     Attributes
     ----------
@@ -140,6 +143,13 @@ class ClusterIndex:
             counts = torch.tensor(self.counts, dtype=torch.long, device=self._device)
             self._clusters = torch.repeat_interleave(torch.arange(self.n_clusters, device=self._device), counts)
         return self._clusters
+
+    @property
+    def n_rows(self) -> int:
+        """Rows the index describes, read from shapes and counts (no host synchronisation)."""
+        if self._clusters is not None:
+            return self._clusters.numel()
+        return sum(self.counts)
 
     @classmethod
     def grouped(

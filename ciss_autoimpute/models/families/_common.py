@@ -168,6 +168,8 @@ class LatentModel(ImputationModel):
     #: Families whose loss calls :meth:`group_rows` (the VAE family) set this.
     _groups_rows: bool = False
 
+    accepts_cluster_index = True
+
     #: True when the family models which cells go missing, ``p(s | x)`` (not-MIWAE);
     #: conditional samplers then also weight their draws by :meth:`missingness_log_prob`.
     models_missingness: bool = False
@@ -215,14 +217,20 @@ class LatentModel(ImputationModel):
         self._reset_extra(g)
 
     # -------------------------------------------------------------- network pieces
-    def cluster_index(self, clusters: torch.Tensor, repeats: int = 1) -> ClusterIndex | None:
+    def cluster_index(self, clusters: torch.Tensor | ClusterIndex, repeats: int = 1) -> ClusterIndex | None:
         """Rows sorted by cluster for the cluster-specific layers (None when all are shared)."""
         if not self._needs_index:
             return None
-        return ClusterIndex.build(clusters, self.n_clusters).expand(repeats)
+        index = clusters if isinstance(clusters, ClusterIndex) else ClusterIndex.build(clusters, self.n_clusters)
+        return index.expand(repeats)
+
+    @staticmethod
+    def cluster_ids(clusters: torch.Tensor | ClusterIndex) -> torch.Tensor:
+        """The cluster id of each row, from ids or from a :class:`ClusterIndex` of the rows."""
+        return clusters.clusters if isinstance(clusters, ClusterIndex) else clusters
 
     def group_rows(
-        self, x: torch.Tensor, mask: torch.Tensor, clusters: torch.Tensor
+        self, x: torch.Tensor, mask: torch.Tensor, clusters: torch.Tensor | ClusterIndex
     ) -> tuple[torch.Tensor, torch.Tensor, ClusterIndex | None, torch.Tensor | None]:
         """The batch sorted by cluster once, for every cluster-specific layer of a call.
 
@@ -240,10 +248,16 @@ class LatentModel(ImputationModel):
         row order and permuted (see :meth:`reparameterise`), so results equal those
         of the unsorted batch up to float rounding; row-wise outputs must be put back
         with :func:`unsort_rows`. A batch already sorted by cluster is returned as it is,
-        with ``order`` None.
+        with ``order`` None; so is a batch that comes with a grouped index
+        (:meth:`ClusterIndex.grouped`, what the Trainer passes), with no host
+        synchronisation.
         """
         if not self._needs_index:
             return x, mask, None, None
+        if isinstance(clusters, ClusterIndex):
+            if clusters.is_grouped:
+                return x, mask, clusters, None
+            clusters = clusters.clusters
         counts = torch.bincount(clusters, minlength=self.n_clusters).tolist()
         if clusters.shape[0] < 2 or bool((clusters[1:] >= clusters[:-1]).all()):
             # Already sorted (the Trainer sorts training batches): nothing to permute.

@@ -85,6 +85,7 @@ class MIDA(ImputationModel):
     """
 
     name = "mida"
+    accepts_cluster_index = True  # clusters only need to be valid ids here
 
     def __init__(self, layout: FeatureLayout, n_clusters: int = 1, *, seed: int = 0, **params: Any) -> None:
         super().__init__()

@@ -182,6 +182,7 @@ class MIWAE(LatentModel):
         observed: torch.Tensor | None = None,
     ) -> torch.Tensor:
         self.check_batch(x, mask, clusters)
+        clusters = self.cluster_ids(clusters)  # sliced into chunks below
         g = default_generator(x.device, generator)
         k = self.params["n_impute_samples"]
         obs = self._check_observed(observed, mask)
@@ -205,6 +206,7 @@ class MIWAE(LatentModel):
         observed: torch.Tensor | None = None,
     ) -> torch.Tensor:
         self.check_batch(x, mask, clusters)
+        clusters = self.cluster_ids(clusters)  # sliced into chunks below
         check_n(n)
         g = default_generator(x.device, generator)
         k = self.params["n_impute_samples"]
