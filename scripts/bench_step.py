@@ -32,7 +32,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     from bench_speed import PACKAGE_ARCH, PACKAGE_TRAIN, make_data
 
     from ciss_autoimpute.data.dataset import ClusterDataset
-    from ciss_autoimpute.models.layers import ClusterIndex
     from ciss_autoimpute.models.registry import build_model
     from ciss_autoimpute.training._flat import FlatAdam, FlatGrads
+    from ciss_autoimpute.training.trainer import batch_clusters
 
     params: dict = {}
     clip: float | None = 5.0
@@ -114,21 +113,15 @@ def main(argv: list[str] | None = None) -> int:
         gen = torch.Generator().manual_seed(args.seed)
         extra = {"observed": None} if getattr(model, "models_missingness", False) else {}
 
-        def batch_clusters(b: int, plain: bool) -> Any:
-            """The batch's cluster ids as the Trainer passes them (a ClusterIndex where the model takes one)."""
-            ids = clusters[b * bs:(b + 1) * bs]
-            if plain or not model.accepts_cluster_index:
-                return ids
-            if model.sorts_batches_by_cluster:
-                return ClusterIndex.grouped(counts[b], ds.n_clusters, ids)
-            return ClusterIndex(ids, ds.n_clusters)
-
         def step(i: int, parts: list[float] | None = None, plain: bool = False) -> None:
             b = i % n_batches
             s = b * bs
             kw = {k: observed[s:s + bs] for k in extra}
             t0 = clock()
-            out = model.loss(xs[s:s + bs], mask[s:s + bs], batch_clusters(b, plain), generator=gen, **kw)
+            ids = clusters[s:s + bs]
+            if not plain:  # the Trainer's way: a ClusterIndex where the model takes one
+                ids = batch_clusters(model, ids, counts[b] if model.sorts_batches_by_cluster else None)
+            out = model.loss(xs[s:s + bs], mask[s:s + bs], ids, generator=gen, **kw)
             t1 = clock()
             opt.zero_grad(set_to_none=True)
             out.loss.backward()

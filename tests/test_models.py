@@ -17,6 +17,7 @@ from ciss_autoimpute.models.base import ImputationModel, LossOutput
 from ciss_autoimpute.models.families._common import LatentModel
 from ciss_autoimpute.models.families.cissvae import layer_order
 from ciss_autoimpute.models.families.vae import VAE
+from ciss_autoimpute.models.layers import ClusterIndex
 from ciss_autoimpute.models.likelihoods import DF_MIN, MixedLikelihood, standard_gamma
 from ciss_autoimpute.models.registry import available_models, build_model, get_model_class, register_model
 from ciss_autoimpute.tuning.params import Categorical, Fixed, Float, Int
@@ -715,8 +716,6 @@ def test_a_cluster_index_of_the_batch_gives_the_same_results_as_the_ids(family):
     # The Trainer passes training batches as a ClusterIndex (grouped by cluster for the
     # families that sort their batches) so that a step reads nothing back from the device.
     # Losses (values and gradients) and imputations must be those of the plain ids.
-    from ciss_autoimpute.models.layers import ClusterIndex
-
     assert get_model_class(family).accepts_cluster_index
     x, mask, _, _ = mixed_batch(60)
     clusters = torch.arange(60) % 3
@@ -740,8 +739,6 @@ def test_a_cluster_index_of_the_batch_gives_the_same_results_as_the_ids(family):
 
 
 def test_a_cluster_index_is_checked_against_the_batch_and_the_model():
-    from ciss_autoimpute.models.layers import ClusterIndex
-
     x, mask, clusters, _ = mixed_batch(8)
     model = build("cissvae", n_clusters=2)
     with pytest.raises(ValueError, match="ranges over 3 clusters but the model was built with n_clusters=2"):

@@ -113,6 +113,24 @@ def _scalar_parts(out: Any, device: torch.device) -> bool:
     )
 
 
+def batch_clusters(
+    model: ImputationModel, ids: torch.Tensor, counts: Sequence[int] | None = None
+) -> torch.Tensor | ClusterIndex:
+    """A training batch's cluster ids as the Trainer passes them to the model's loss.
+
+    ``ids`` are ids of a dataset the Trainer has checked. A family that sets
+    ``accepts_cluster_index`` gets them as a :class:`ClusterIndex` taken as checked,
+    grouped by cluster when ``counts`` (the batch's rows per cluster, its rows sorted
+    by cluster) are given; other families get ``ids`` themselves.
+    """
+    if not getattr(model, "accepts_cluster_index", False):
+        return ids
+    n_clusters = int(model.n_clusters)
+    if counts is not None:
+        return ClusterIndex.grouped(counts, n_clusters, ids)
+    return ClusterIndex(ids, n_clusters)
+
+
 def _unstack(
     stacked: dict[str, tuple[tuple[str, ...], torch.Tensor]], single: bool, loss_sum: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -548,18 +566,17 @@ class Trainer:
         single = len(steps) == 1
         model.train()
         perm = torch.randperm(n, generator=gen, device=self.device)
-        # Families that take a ClusterIndex get one per batch: its ids count as checked (the
-        # data's were, in _check_data), so a step makes no host synchronisation for them.
-        n_clusters = int(model.n_clusters)
-        takes_index = getattr(model, "accepts_cluster_index", False)
+        # Families that take a ClusterIndex get one per batch (batch_clusters): its ids count as
+        # checked (the data's were, in _check_data), so a step makes no host synchronisation.
         batch_counts: list[list[int]] | None = None
         if getattr(model, "sorts_batches_by_cluster", False):
             # The same batches, each with its rows in cluster order: the loss then skips its
             # per-batch sort and gathers (one stable sort of the epoch's keys instead).
+            n_clusters = int(model.n_clusters)
             key = torch.arange(n, device=self.device).div_(bs, rounding_mode="floor")
             key.mul_(n_clusters).add_(clusters.index_select(0, perm))
             perm = perm.index_select(0, torch.argsort(key, stable=True))
-            if takes_index:
+            if getattr(model, "accepts_cluster_index", False):
                 # Rows of each cluster in every batch, read to the host once per epoch.
                 n_batches = -(-n // bs)
                 batch_counts = torch.bincount(key, minlength=n_batches * n_clusters).view(
@@ -581,11 +598,8 @@ class Trainer:
         stacked: dict[str, tuple[tuple[str, ...], torch.Tensor]] = {}
         general = False
         for s in range(0, n, bs):
-            xb, mb, cb = x[s:s + bs], mask[s:s + bs], clusters[s:s + bs]
-            if batch_counts is not None:
-                cb = ClusterIndex.grouped(batch_counts[s // bs], n_clusters, cb)
-            elif takes_index:
-                cb = ClusterIndex(cb, n_clusters)
+            xb, mb = x[s:s + bs], mask[s:s + bs]
+            cb = batch_clusters(model, clusters[s:s + bs], None if batch_counts is None else batch_counts[s // bs])
             rows = xb.shape[0]
             extra = {} if observed is None else {"observed": observed[s:s + bs]}
             for step, step_opt, clipper in steps:
