@@ -24,8 +24,10 @@ _EXPORTS = {
     "TrainConfig": "ciss_autoimpute.training",
     "RefitConfig": "ciss_autoimpute.training",
     "SearchSpace": "ciss_autoimpute.tuning",
-    "autotune": "ciss_autoimpute.tuning",
-    "TuneResult": "ciss_autoimpute.tuning",
+    # From the defining module: once the submodule ciss_autoimpute.tuning.autotune is
+    # imported (run_imputation does), the package attribute of that name is the module.
+    "autotune": "ciss_autoimpute.tuning.autotune",
+    "TuneResult": "ciss_autoimpute.tuning.autotune",
     "Imputer": "ciss_autoimpute.imputer",
     "EnsembleImputer": "ciss_autoimpute.ensemble",
     "run_imputation": "ciss_autoimpute.api",

@@ -170,7 +170,9 @@ def run_imputation(
     )
     if model == "auto":
         from .training.callbacks import TimeBudget
-        from .tuning import SearchSpace, autotune
+        from .tuning import SearchSpace
+        # From its module: the package attribute "autotune" is that module once it is imported.
+        from .tuning.autotune import autotune
 
         budget = float(time_budget) if time_budget is not None else AUTO_TIME_BUDGET
         tuned = autotune(

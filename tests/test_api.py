@@ -131,3 +131,25 @@ def test_shared_time_budget_spans_fits():
     time.sleep(0.01)
     plain.on_fit_start(None, None)
     assert plain._start > a
+
+
+def test_autotune_is_the_function_after_its_module_was_imported():
+    # Importing the submodule ciss_autoimpute.tuning.autotune makes the tuning package's attribute
+    # "autotune" that module; the top-level name and run_imputation's search must still get the
+    # function. A fresh interpreter, since in this process the import order is the other tests'.
+    import subprocess
+    import sys
+
+    code = ("import numpy as np, pandas as pd\n"
+            "import ciss_autoimpute.tuning.autotune\n"
+            "from ciss_autoimpute import autotune, TuneResult, run_imputation\n"
+            "assert callable(autotune) and autotune.__name__ == 'autotune', autotune\n"
+            "assert isinstance(TuneResult, type)\n"
+            "rng = np.random.default_rng(0)\n"
+            "values = rng.normal(size=(40, 4))\n"
+            "values[rng.random((40, 4)) < 0.2] = np.nan\n"
+            "res = run_imputation(pd.DataFrame(values), n_trials=2, time_budget=60, device='cpu')\n"
+            "assert len(res.study.trials) == 2\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
