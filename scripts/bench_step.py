@@ -13,7 +13,8 @@ done even on a loaded machine); with ``--threads N`` above one they are wall-clo
 since CPU time then adds up the threads. Batches are contiguous slices of rows sorted by
 cluster within each batch, with their cluster ids as a ``ClusterIndex`` (grouped for
 cissvae), as the Trainer hands them to the model (``--plain-ids`` also times the steps with
-the ids as a plain tensor, interleaved); the optimiser is fused
+the ids as a plain tensor, interleaved; ``--segments`` with the loss's padded cluster blocks
+switched off, i.e. one product per cluster segment); the optimiser is fused
 Adam with gradient clipping at 5, by default ``torch.optim.Adam`` with
 ``clip_grad_norm_``, and with ``--trainer-step`` the Trainer's own lean plumbing (one
 gradient buffer, ``FlatAdam``; a few percent faster). Run it on two checkouts (e.g. a
@@ -59,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time every step with the batch's cluster ids as a plain tensor, which the loss "
                              "checks and (cissvae) groups itself with host reads, interleaved round by round with "
                              "the Trainer's ClusterIndex: an in-process A/B of the two")
+    parser.add_argument("--segments", action="store_true",
+                        help="also time every step with the model's max_padding=None (no padded cluster blocks: one "
+                             "product per cluster segment), interleaved round by round: an in-process A/B")
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
@@ -113,8 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         gen = torch.Generator().manual_seed(args.seed)
         extra = {"observed": None} if getattr(model, "models_missingness", False) else {}
 
-        def step(i: int, parts: list[float] | None = None, plain: bool = False) -> None:
+        def step(i: int, parts: list[float] | None = None, way: str = "") -> None:
             b = i % n_batches
+            plain = way == "plain ids"
+            if way == "segments":
+                model.max_padding = None  # this step only (an instance attribute, removed below)
             s = b * bs
             kw = {k: observed[s:s + bs] for k in extra}
             t0 = clock()
@@ -134,22 +141,23 @@ def main(argv: list[str] | None = None) -> int:
                 parts[0] += t1 - t0
                 parts[1] += t2 - t1
                 parts[2] += t3 - t2
+            model.__dict__.pop("max_padding", None)
 
-        # With --plain-ids each round also times the steps with plain ids, right after the Trainer's way.
-        ways = (False, True) if args.plain_ids else (False,)
+        # Each round also times the other ways asked for, right after the Trainer's way.
+        ways = [""] + ["plain ids"] * args.plain_ids + ["segments"] * args.segments
         for i in range(10):
-            for plain in ways:
-                step(i, plain=plain)
-        rounds: dict[bool, list[list[float]]] = {plain: [] for plain in ways}
+            for way in ways:
+                step(i, way=way)
+        rounds: dict[str, list[list[float]]] = {way: [] for way in ways}
         for r in range(args.rounds):
-            for plain in ways:
+            for way in ways:
                 parts = [0.0, 0.0, 0.0]
                 for i in range(args.steps):
-                    step(r * args.steps + i, parts, plain)
-                rounds[plain].append([1e3 * p / args.steps for p in parts])
-        for plain in ways:
-            med = [statistics.median(r[j] for r in rounds[plain]) for j in range(3)]
-            label = f"{family} (plain ids)" if plain else family
+                    step(r * args.steps + i, parts, way)
+                rounds[way].append([1e3 * p / args.steps for p in parts])
+        for way in ways:
+            med = [statistics.median(r[j] for r in rounds[way]) for j in range(3)]
+            label = f"{family} ({way})" if way else family
             print(f"| {label} | {med[0]:.2f} | {med[1]:.2f} | {med[2]:.2f} | {sum(med):.2f} |")
         if args.profile:
             from torch.profiler import ProfilerActivity, profile

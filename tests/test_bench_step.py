@@ -103,3 +103,31 @@ def test_bench_step_passes_the_trainers_cluster_index_and_plain_ids_on_request(c
     assert len(grouped) == len(seen) - len(grouped) == 12
     assert all(c.is_grouped and sum(c.counts) == 100 for c in grouped)
     assert all(isinstance(c, torch.Tensor) for c in seen if not isinstance(c, ClusterIndex))
+
+
+def test_bench_step_times_the_segment_products_beside_the_padded_blocks(capsys, monkeypatch):
+    from ciss_autoimpute.models.layers import ClusterLinear
+
+    ways = []
+    forward_blocks, segment_products = ClusterLinear._forward_blocks, ClusterLinear._segment_products
+
+    def blocks(self, *args):
+        ways.append("blocks")
+        return forward_blocks(self, *args)
+
+    def segments(self, *args):
+        ways.append("segments")
+        return segment_products(self, *args)
+
+    monkeypatch.setattr(ClusterLinear, "_forward_blocks", blocks)
+    monkeypatch.setattr(ClusterLinear, "_segment_products", segments)
+    module = _load()
+    assert module.main(["--families", "cissvae", "--rows", "400", "--batch-size", "200", "--steps", "2",
+                        "--rounds", "1", "--segments"]) == 0
+    out = capsys.readouterr().out
+    assert [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| cissvae")] == [
+        "cissvae", "cissvae (segments)"]
+    # 12 steps each way (10 warm-up, one round of 2), four cluster-specific layers per step,
+    # alternating: the default padded blocks, then max_padding=None's segment products.
+    assert ways.count("blocks") == ways.count("segments") == 48
+    assert ways[:8] == ["blocks"] * 4 + ["segments"] * 4

@@ -255,3 +255,65 @@ def test_segment_products_are_one_node_with_exact_gradients():
     layer.zero_grad()
     layer(x.detach(), ClusterIndex.grouped(counts, 4)).sum().backward()
     torch.testing.assert_close(layer.bias.grad[2], torch.full((5,), 5.0))
+
+
+def test_padded_blocks_lay_out_equal_cluster_blocks():
+    # Each cluster's rows, then copies of its last row up to the largest cluster's size;
+    # an absent cluster (here the second and the last) gets copies of a neighbouring row.
+    index = ClusterIndex.grouped((3, 0, 4, 0), 4)
+    assert index.padded_blocks(max_padding=10.0) is not None
+    blocks = index.padded_blocks(max_padding=3.0)
+    assert blocks.is_padded and not blocks.is_grouped and blocks.block == 4
+    assert blocks.counts == (3, 0, 4, 0) and blocks.n_rows == 16
+    assert blocks.clusters.tolist() == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4
+    rows = torch.arange(7.0).unsqueeze(1)
+    assert blocks.pad(rows).squeeze(1).tolist() == [0, 1, 2, 2, 3, 3, 3, 3, 3, 4, 5, 6, 6, 6, 6, 6]
+    # Leading sample axes: the layout applies to the row axis (-2).
+    assert blocks.pad(torch.arange(14.0).view(2, 7, 1)).shape == (2, 16, 1)
+    # The mean over rows leaves the padding out: the real rows' values only.
+    values = torch.tensor([1.0, 2, 3, 100, 100, 100, 100, 100, 4, 5, 6, 7, 100, 100, 100, 100])
+    assert blocks.row_mean(values).item() == pytest.approx(28 / 7)
+    # Too unequal (16 rows for 7 is 129 % padding), one cluster, not grouped, or no rows: None.
+    assert index.padded_blocks(max_padding=1.2) is None
+    assert ClusterIndex.grouped((5,), 1).padded_blocks(1.0) is None
+    assert ClusterIndex(torch.tensor([0, 1, 1]), 2).padded_blocks(1.0) is None
+    assert ClusterIndex.grouped((0, 0), 2).padded_blocks(1.0) is None
+    assert ClusterIndex.grouped((50, 55, 60), 3).padded_blocks(0.2).block == 60  # 180 for 165 rows: 9 %
+    assert ClusterIndex.grouped((50, 30, 60), 3).padded_blocks(0.2) is None  # 180 for 140: 29 %
+    with pytest.raises(ValueError, match="padded_blocks"):
+        index.pad(rows)
+    with pytest.raises(ValueError, match="padded_blocks"):
+        index.row_mean(values)
+
+
+def test_padded_blocks_give_the_segment_products_and_their_gradients():
+    # One batched product over the blocks: on the real rows the same values as the per-segment
+    # products; gradients through the real rows equal theirs, and padding adds nothing.
+    g = torch.Generator().manual_seed(12)
+    layer = _layer(6, 5, 4, shared=False, seed=4)
+    counts = (3, 0, 5, 2)
+    index = ClusterIndex.grouped(counts, 4)
+    blocks = index.padded_blocks(max_padding=4.0)
+    x = torch.randn(10, 6, generator=g, requires_grad=True)
+    out = layer(x, index)
+    padded = layer(blocks.pad(x), blocks)
+    assert padded.shape == (20, 5)
+    assert "Baddbmm" in type(padded.grad_fn.next_functions[0][0]).__name__  # under the final view
+    real = padded.view(4, 5, 5)
+    torch.testing.assert_close(torch.cat([real[c, :size] for c, size in enumerate(counts)]), out)
+    upstream = torch.randn(10, 5, generator=g)
+    want = torch.autograd.grad(out, (x, layer.weight, layer.bias), upstream)
+    # The upstream gradient of a padded layout: the real rows', zero on the padding.
+    up_blocks = torch.zeros(4, 5, 5)
+    for c, seg in enumerate(upstream.split(counts)):
+        up_blocks[c, :len(seg)] = seg
+    got = torch.autograd.grad(padded, (x, layer.weight, layer.bias), up_blocks.view(20, 5))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    # Leading sample axes run as one broadcast product.
+    xk = torch.randn(3, 10, 6, generator=g)
+    torch.testing.assert_close(layer(blocks.pad(xk), blocks).view(3, 4, 5, 5)[:, 2, :5], layer(xk, index)[:, 3:8])
+    # A shared layer ignores the layout; a wrong row count is refused.
+    assert layer(torch.zeros(20, 6), blocks).shape == (20, 5)
+    with pytest.raises(ValueError, match="4 blocks of 5 rows but x has shape"):
+        layer(torch.zeros(10, 6), blocks)

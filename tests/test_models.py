@@ -810,3 +810,74 @@ def test_interpretation_marks_columns_never_missing_in_training():
     older = {k: v for k, v in state.items() if k != "missing_seen"}
     fresh.load_state_dict(older)
     assert fresh.missing_seen.all()
+
+
+def _blocks_calls(monkeypatch):
+    """Count the cluster-specific layer calls that run on padded cluster blocks."""
+    from ciss_autoimpute.models.layers import ClusterLinear
+
+    calls = []
+    forward_blocks = ClusterLinear._forward_blocks
+
+    def spy(self, x, index):
+        calls.append(index.block)
+        return forward_blocks(self, x, index)
+
+    monkeypatch.setattr(ClusterLinear, "_forward_blocks", spy)
+    return calls
+
+
+def test_cissvae_trains_on_padded_cluster_blocks_with_the_segment_paths_values(monkeypatch):
+    # Clusters of about equal size in a batch: the loss lays the rows out in equal blocks and
+    # every cluster-specific layer runs one batched product. The loss, its parts and the
+    # gradients must be those of the per-segment path (max_padding=None) up to rounding, with the
+    # same noise per real row; the padding rows count nowhere.
+    calls = _blocks_calls(monkeypatch)
+    x, mask, _, _ = mixed_batch(60)
+    clusters = torch.tensor([0, 1, 2] * 20)  # 20 rows each, unsorted: the loss groups them
+    clusters[:3] = 2  # 22 / 19 / 19 rows: blocks of 22, 66 rows for 60 (10 % padding)
+    model = build("cissvae", n_clusters=3, seed=3)
+    assert model.max_padding == 0.2
+    out = model.loss(x, mask, clusters, generator=gen(5))
+    grads = torch.autograd.grad(out.loss, list(model.parameters()))
+    assert calls == [22] * 4  # two encoder layers, the latent and the output layer
+    model.max_padding = None
+    ref = model.loss(x, mask, clusters, generator=gen(5))
+    ref_grads = torch.autograd.grad(ref.loss, list(model.parameters()))
+    assert len(calls) == 4
+    torch.testing.assert_close(out.loss, ref.loss)
+    for k in ref.parts:
+        torch.testing.assert_close(out.parts[k], ref.parts[k])
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    # Too unequal for the default fifth of padding (50 / 5 / 5 rows): the segment products.
+    model.max_padding = 0.2
+    unequal = torch.zeros(60, dtype=torch.long)
+    unequal[:5], unequal[5:10] = 1, 2
+    model.loss(x, mask, unequal, generator=gen(5))
+    assert len(calls) == 4
+    # Under CPU autocast (precision="bf16-mixed") oneDNN compiles per shape: no blocks either.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model.loss(x, mask, clusters, generator=gen(5))
+    assert len(calls) == 4
+    # Imputation and draws are no-gradient passes over whole chunks: segments, as before.
+    model.impute(x, mask, clusters)
+    model.sample_imputations(x, mask, clusters, 2, generator=gen(6))
+    assert len(calls) == 4
+
+
+def test_padded_blocks_draw_the_same_noise_per_row():
+    # The reparameterisation draws noise for the real rows (in the caller's order) and pads it
+    # like them: the same generator state gives every real row the noise it gets unpadded.
+    g = gen(4)
+    mu, logvar = torch.randn(7, 3, generator=g), torch.zeros(7, 3)
+    index = ClusterIndex.grouped((3, 4), 2)
+    blocks = index.padded_blocks(1.0)
+    plain = LatentModel.reparameterise(mu, logvar, gen(9))
+    padded = LatentModel.reparameterise(blocks.pad(mu), blocks.pad(logvar), gen(9), blocks=blocks)
+    assert torch.equal(padded, blocks.pad(plain))
+    order = torch.tensor([6, 0, 1, 2, 3, 4, 5])
+    assert torch.equal(
+        LatentModel.reparameterise(blocks.pad(mu), blocks.pad(logvar), gen(9), order=order, blocks=blocks),
+        blocks.pad(LatentModel.reparameterise(mu, logvar, gen(9), order=order)),
+    )

@@ -22,6 +22,15 @@ multiplies contiguous row segments, with no gather or scatter at all. At batch 2
 (50 -> 128, 4 clusters, forward + backward) the per-layer sort costs 1.16 ms against
 0.72 ms for the pre-sorted rows and 0.52 ms for a shared layer.
 
+When the clusters of a sorted batch are about equally large, a caller can also lay the
+rows out in *blocks* of equal size, one per cluster, padding each cluster's rows with
+copies of its last row (:meth:`ClusterIndex.padded_blocks`). Every cluster-specific
+layer is then one batched product (``baddbmm``) over ``[clusters, block rows, in]``,
+with torch's own backward, instead of one product per segment in a Python loop; the
+padding rows are computed and then left out of every sum by the caller. The VAE family's
+loss does this when padding adds at most a fifth of the rows (see
+``docs/bench_speed.md``, "Padded cluster blocks").
+
 All weights are initialised from an explicit ``torch.Generator``; nothing here reads
 the global random state.
 """
@@ -135,18 +144,32 @@ class ClusterIndex:
         #: True when the rows are already grouped by cluster along the row axis (see
         #: :meth:`grouped`): layers then work on contiguous segments, with no gather.
         self.is_grouped = False
+        #: Rows per cluster block when the rows are laid out in equal blocks, one per
+        #: cluster (see :meth:`padded_blocks`); None otherwise.
+        self.block: int | None = None
+
+    @property
+    def is_padded(self) -> bool:
+        """True for an index of equal, padded cluster blocks (:meth:`padded_blocks`)."""
+        return self.block is not None
 
     @property
     def clusters(self) -> torch.Tensor:
         """int64 ``[n]`` cluster id per (flattened) row."""
         if self._clusters is None:
-            counts = torch.tensor(self.counts, dtype=torch.long, device=self._device)
+            sizes = (self.block,) * self.n_clusters if self.block is not None else self.counts
+            counts = torch.tensor(sizes, dtype=torch.long, device=self._device)
             self._clusters = torch.repeat_interleave(torch.arange(self.n_clusters, device=self._device), counts)
         return self._clusters
 
     @property
     def n_rows(self) -> int:
-        """Rows the index describes, read from shapes and counts (no host synchronisation)."""
+        """Rows the index describes, read from shapes and counts (no host synchronisation).
+
+        For padded blocks that is the padded layout's rows, ``n_clusters * block``.
+        """
+        if self.block is not None:
+            return self.block * self.n_clusters
         if self._clusters is not None:
             return self._clusters.numel()
         return sum(self.counts)
@@ -194,6 +217,68 @@ class ClusterIndex:
         index.__dict__["counts"] = counts
         return index
 
+    def padded_blocks(self, max_padding: float, device: torch.device | None = None) -> "ClusterIndex | None":
+        """This grouped index's rows laid out in equal blocks, one per cluster, or None.
+
+        Block ``c`` holds cluster ``c``'s rows followed by copies of its last row up to
+        ``block = max(counts)`` rows (a cluster absent from the batch gets copies of a
+        neighbouring row). Put a grouped batch in that layout with :meth:`pad` and
+        average per-row values over the real rows with :meth:`row_mean`; layers given
+        the returned index multiply each block with its cluster's weights in one batched
+        product.
+
+        Parameters
+        ----------
+        max_padding
+            Largest share of extra rows accepted: None is returned when
+            ``n_clusters * block > (1 + max_padding) * rows``, i.e. when the clusters of
+            the batch are too unequal for the padding to pay, and for indexes that are not
+            grouped, have one cluster or no rows. Reads only the counts (host integers).
+        device
+            Where the layout's row indices live (the batch's device); default that of
+            this index's ids.
+        """
+        if not self.is_grouped or self.block is not None or self.n_clusters < 2:
+            return None
+        counts = self.counts
+        n = sum(counts)
+        block = max(counts) if counts else 0
+        if n == 0 or self.n_clusters * block > (1.0 + max_padding) * n:
+            return None
+        if device is None:
+            device = self._device if self._clusters is None else self._clusters.device
+        index = ClusterIndex(None, self.n_clusters, device)
+        index.block = block
+        index.__dict__["counts"] = counts
+        return index
+
+    @functools.cached_property
+    def _pad_layout(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(source row of every padded row, 1.0 on real rows and 0.0 on padding), built on the device."""
+        counts = self.counts
+        starts = [0]
+        for c in counts[:-1]:
+            starts.append(starts[-1] + c)
+        both = torch.tensor([counts, starts], dtype=torch.long, device=self._device)
+        size, start = both[0].unsqueeze(1), both[1].unsqueeze(1)
+        j = torch.arange(self.block, device=self._device)
+        # Row j of block c copies row start_c + min(j, size_c - 1); clamped for empty last clusters.
+        source = torch.minimum(j, (size - 1).clamp_(min=0)).add_(start).clamp_(max=sum(counts) - 1).view(-1)
+        return source, (j < size).view(-1).float()
+
+    def pad(self, values: torch.Tensor) -> torch.Tensor:
+        """Rows (axis -2) of a grouped batch in this index's padded block layout."""
+        if self.block is None:
+            raise ValueError("pad() needs an index of padded blocks; build one with padded_blocks().")
+        return values.index_select(-2, self._pad_layout[0])
+
+    def row_mean(self, values: torch.Tensor) -> torch.Tensor:
+        """Mean over the real rows of per-row ``values [..., n_clusters * block]`` (padding left out)."""
+        if self.block is None:
+            raise ValueError("row_mean() needs an index of padded blocks; build one with padded_blocks().")
+        weights = self._pad_layout[1]
+        return (values * weights.to(values.dtype)).sum(-1) / sum(self.counts)
+
     @classmethod
     def build(cls, clusters: torch.Tensor, n_clusters: int) -> "ClusterIndex":
         """Group ``clusters`` (int ``[n]``, values in ``0 .. n_clusters - 1``)."""
@@ -228,7 +313,7 @@ class ClusterIndex:
 
     def expand(self, repeats: int) -> "ClusterIndex":
         """The index of ``repeats`` stacked copies of the rows (leading sample dims)."""
-        if repeats == 1 or self.is_grouped:
+        if repeats == 1 or self.is_grouped or self.block is not None:
             return self
         return ClusterIndex(self.clusters.repeat(repeats), self.n_clusters)
 
@@ -334,6 +419,8 @@ class ClusterLinear(nn.Module):
         if clusters is None:
             raise ValueError("A cluster-specific ClusterLinear needs the cluster id of each row; pass clusters=.")
         lead = x.shape[:-1]
+        if isinstance(clusters, ClusterIndex) and clusters.block is not None:
+            return self._forward_blocks(x, clusters)
         if isinstance(clusters, ClusterIndex) and clusters.is_grouped:
             return self._forward_grouped(x, clusters)
         flat = x.reshape(-1, self.in_features)
@@ -400,6 +487,23 @@ class ClusterLinear(nn.Module):
         if not outs:
             return rows.new_zeros(0, self.out_features)
         return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+    def _forward_blocks(self, x: torch.Tensor, index: ClusterIndex) -> torch.Tensor:
+        """Rows in equal cluster blocks along axis -2: one batched product for all clusters."""
+        block = index.block
+        assert block is not None
+        if x.dim() < 2 or x.shape[-2] != block * self.n_clusters:
+            raise ValueError(
+                f"the cluster index describes {self.n_clusters} blocks of {block} rows but x has shape "
+                f"{tuple(x.shape)}; lay the rows out with ClusterIndex.pad()."
+            )
+        lead = x.shape[:-2]
+        blocks = x.reshape(*lead, self.n_clusters, block, self.in_features)
+        if not lead:
+            out = torch.baddbmm(self.bias.unsqueeze(1), blocks, self.weight)
+        else:
+            out = torch.matmul(blocks, self.weight) + self.bias.unsqueeze(1)
+        return out.reshape(*lead, self.n_clusters * block, self.out_features)
 
     def _forward_grouped(self, x: torch.Tensor, index: ClusterIndex) -> torch.Tensor:
         """Rows already sorted by cluster along axis -2: one product per segment."""

@@ -114,14 +114,20 @@ class VAE(LatentModel):
         # Rows sorted by cluster once for all cluster-specific layers (no-op when all
         # are shared); the loss is a mean over rows, so their order does not matter.
         x, mask, index, order = self.group_rows(x, mask, clusters)
+        # Clusters of about equal size in the batch: equal padded blocks, one batched product
+        # per cluster-specific layer; the padding rows are left out of the means.
+        blocks = self.padded_blocks(index, x.device)
+        if blocks is not None:
+            x, mask, index = blocks.pad(x), blocks.pad(mask), blocks
         mu, logvar = self.encode(x, index)
-        z = self.reparameterise(mu, logvar, g, order=order)
+        z = self.reparameterise(mu, logvar, g, order=order, blocks=blocks)
         log_px = self.likelihood.log_prob(self.decode(z, index), x, mask)
         kl = gaussian_kl(mu, logvar)
         bound = elbo_analytic(log_px, kl, float(self.beta))
+        mean = torch.mean if blocks is None else blocks.row_mean
         return LossOutput(
-            loss=-bound.mean(),
-            parts={"nll": -log_px.mean().detach(), "kl": kl.mean().detach()},
+            loss=-mean(bound),
+            parts={"nll": -mean(log_px).detach(), "kl": mean(kl).detach()},
         )
 
     # ------------------------------------------------------------------ imputation
