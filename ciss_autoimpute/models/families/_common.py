@@ -170,8 +170,8 @@ class LatentModel(ImputationModel):
 
     #: A training batch grouped by cluster is laid out in equal cluster blocks (see
     #: :meth:`padded_blocks`) when that adds at most this share of padding rows; None
-    #: never pads. At a fifth the padded layout was faster than the segment products on
-    #: one and two threads (docs/bench_speed.md, "Padded cluster blocks").
+    #: never pads. Up to about a fifth the padded layout was faster than the segment
+    #: products on two threads and level on one (docs/bench_speed.md, "Padded cluster blocks").
     max_padding: float | None = 0.2
 
     accepts_cluster_index = True
