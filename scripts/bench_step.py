@@ -118,10 +118,17 @@ def main(argv: list[str] | None = None) -> int:
         extra = {"observed": None} if getattr(model, "models_missingness", False) else {}
 
         def step(i: int, parts: list[float] | None = None, way: str = "") -> None:
+            if way != "segments":
+                return timed_step(i, parts, way)
+            model.max_padding = None  # this step only: an instance attribute over the class default
+            try:
+                return timed_step(i, parts, way)
+            finally:
+                del model.max_padding
+
+        def timed_step(i: int, parts: list[float] | None, way: str) -> None:
             b = i % n_batches
             plain = way == "plain ids"
-            if way == "segments":
-                model.max_padding = None  # this step only (an instance attribute, removed below)
             s = b * bs
             kw = {k: observed[s:s + bs] for k in extra}
             t0 = clock()
@@ -141,7 +148,6 @@ def main(argv: list[str] | None = None) -> int:
                 parts[0] += t1 - t0
                 parts[1] += t2 - t1
                 parts[2] += t3 - t2
-            model.__dict__.pop("max_padding", None)
 
         # Each round also times the other ways asked for, right after the Trainer's way.
         ways = [""] + ["plain ids"] * args.plain_ids + ["segments"] * args.segments
