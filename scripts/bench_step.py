@@ -17,7 +17,8 @@ the ids as a plain tensor, interleaved; ``--segments`` with the loss's padded cl
 switched off, i.e. one product per cluster segment); the optimiser is fused
 Adam with gradient clipping at 5, by default ``torch.optim.Adam`` with
 ``clip_grad_norm_``, and with ``--trainer-step`` the Trainer's own lean plumbing (one
-gradient buffer, ``FlatAdam``; a few percent faster). Run it on two checkouts (e.g. a
+buffer each for the values, gradients and Adam moments, ``FlatAdam.lean_step``; a few
+percent faster). Run it on two checkouts (e.g. a
 ``git worktree`` of the previous commit, with ``PYTHONPATH`` pointing at it) for an A/B
 of a change. A tiny batch (``--batch-size 16``) leaves almost no arithmetic in a step, so
 its time is the step's fixed cost: Python, operator dispatch and autograd::
@@ -51,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: CPU time per step; more: wall-clock time)")
     parser.add_argument("--trainer-step", action="store_true",
-                        help="zero, clip and step as the Trainer does (one gradient buffer, FlatAdam) instead of "
-                             "torch.optim.Adam(fused=True) with clip_grad_norm_")
+                        help="zero, clip and step as the Trainer does (packed buffers, FlatAdam.lean_step) instead "
+                             "of torch.optim.Adam(fused=True) with clip_grad_norm_")
     parser.add_argument("--package-arch", action="store_true",
                         help="the CISS-VAE package's architecture and optimiser (as in bench_speed.py's package "
                              "comparison): batch 4000, no clipping; use with --families cissvae")
@@ -110,8 +111,10 @@ def main(argv: list[str] | None = None) -> int:
             grads = FlatGrads(list(model.parameters()))
             opt = FlatAdam(grads, lr=1e-3)
             clipper = None if clip is None else functools.partial(grads.clip_grad_norm_, clip)
+            update = opt.lean_step
         else:
             opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+            update = opt.step
             clipper = None if clip is None else functools.partial(torch.nn.utils.clip_grad_norm_,
                                                                   list(model.parameters()), clip)
         gen = torch.Generator().manual_seed(args.seed)
@@ -142,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             t2 = clock()
             if clipper is not None:
                 clipper()
-            opt.step()
+            update()
             t3 = clock()
             if parts is not None:
                 parts[0] += t1 - t0

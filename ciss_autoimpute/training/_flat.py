@@ -1,28 +1,30 @@
-"""Lean optimiser plumbing for the Trainer: one gradient buffer and one Adam call per update step.
+"""Lean optimiser plumbing for the Trainer: one buffer of values, gradients and moments, one Adam call.
 
 Zeroing, clipping and stepping Adam one parameter tensor at a time costs a few
 small ops and a lot of Python per tensor, every optimisation step: with the default
 CISS-VAE's 12 tensors, ``zero_grad(set_to_none=True)`` + ``clip_grad_norm_`` + the
 fused ``Adam.step`` took 0.61 ms of a ~3 ms step at batch 256 and 0.78 ms of ~6.5 ms
-at batch 1000 (CPU, one thread, inside a training loop); with the two classes below
-0.41 ms and 0.51 ms, while the in-place gradient accumulation adds ~0.05 ms to the
-backward pass. Here:
+at batch 1000 (CPU, one thread, inside a training loop). Here:
 
-* :class:`FlatGrads` gives a step's parameters one contiguous gradient buffer: each
-  ``.grad`` is a view of it, autograd accumulates into the views in place, zeroing
-  is one ``zero_`` and the clipping multiply one ``mul_``. The total norm is taken
-  per tensor (``torch._foreach_norm``, one call) and then over those norms, exactly
-  as :func:`torch.nn.utils.clip_grad_norm_` does, so clipped gradients are
-  bit-identical to it.
-* :class:`FlatAdam` is a :class:`torch.optim.Adam` (``fused=True``) whose later steps
-  skip the per-call bookkeeping of ``Adam.step`` (state look-ups, list building,
-  grouping by device) and call the same fused kernel with the same tensors, so the
-  update is bit-identical too.
+* :class:`FlatGrads` packs a step's parameters into one contiguous buffer of values
+  (each parameter's ``.data`` becomes a view of its slot) and gives them one
+  gradient buffer (each ``.grad`` is a view of it; autograd accumulates into the
+  views in place). Zeroing is one ``zero_``, the clipping norm one reduction and
+  its multiply one ``mul_``.
+* :class:`FlatAdam` is a :class:`torch.optim.Adam` (``fused=True``) whose moments
+  live in two more buffers of the same layout, so every step is one call of the
+  fused kernel on four whole buffers instead of one pass per parameter tensor.
+  :meth:`FlatAdam.lean_step` also skips the wrappers torch puts around every
+  ``step()`` (profiler record, step hooks, the scheduler's call flag) when none of
+  them is in use.
 
-The parameters keep their own storage: only the gradients share a buffer. Packing
-the parameters as well, so Adam runs on a single tensor, saves ~6 µs more per step
-but changes which elements the fused kernel handles in its scalar tail loop, which
-rounds differently from its vector loop (1 ulp), so it was left out.
+The update is Adam's and the clipping is :func:`torch.nn.utils.clip_grad_norm_`'s
+rule, but not bit for bit: the kernel rounds the few elements it handles in its
+scalar tail loop differently from its vector loop (1 ulp), and which elements fall
+there depends on the tensor sizes, and the norm over one buffer sums in another
+order than torch's norm of per-tensor norms. Against the per-tensor versions this
+saves 0.1-0.3 ms per step (4-9 % of a default VAE or CISS-VAE step on this
+project's CPUs; ``docs/bench_speed.md``). Same seed, same result holds as before.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ __all__ = ["FlatAdam", "FlatGrads", "can_flatten"]
 
 
 def can_flatten(params: Sequence[torch.Tensor]) -> bool:
-    """True when the gradients of ``params`` can share one buffer: dense, one device, one floating dtype."""
+    """True when ``params`` can share buffers: dense, one device, one floating dtype."""
     if not params:
         return False
     first = params[0]
@@ -55,19 +57,24 @@ def can_flatten(params: Sequence[torch.Tensor]) -> bool:
 
 
 class FlatGrads:
-    """One contiguous gradient buffer for a group of parameters.
+    """One contiguous buffer of values and one of gradients for a group of parameters.
 
     Parameters
     ----------
     params
         Distinct leaf parameters on one device with one dtype (see
-        :func:`can_flatten`). Each one's ``.grad`` becomes a view of its slice of
-        :attr:`grad`, which starts at zero (gradients held before are dropped).
+        :func:`can_flatten`). Each one's ``.data`` becomes a view of its slot of
+        :attr:`data` (same values, same shape) and its ``.grad`` a view of its slot
+        of :attr:`grad`, which starts at zero (gradients held before are dropped).
+        The parameter objects stay the same, so modules and optimisers holding them
+        are unaffected; :meth:`release` gives every parameter its own storage again.
 
     Attributes
     ----------
     params
         The parameters, in buffer order.
+    data
+        The 1-D buffer of the parameters' values.
     grad
         The 1-D gradient buffer.
     views
@@ -90,15 +97,24 @@ class FlatGrads:
             raise ValueError("FlatGrads got the same parameter twice; pass each parameter once.")
         self.params = params
         first = params[0]
-        self.grad = torch.zeros(sum(p.numel() for p in params), dtype=first.dtype, device=first.device)
+        with torch.no_grad():
+            self.data = torch.cat([p.detach().reshape(-1) for p in params])
+        self.grad = torch.zeros_like(self.data)
         self.views: list[torch.Tensor] = []
+        self._slots: list[torch.Tensor] = []
         offset = 0
         for p in params:
             n = p.numel()
+            slot = self.data[offset:offset + n].view_as(p)
+            p.data = slot
+            self._slots.append(slot)
             view = self.grad[offset:offset + n].view_as(p)
             p.grad = view
             self.views.append(view)
             offset += n
+        # Where each parameter's values must be: sync() compares, one integer per parameter.
+        self._ptrs = [slot.data_ptr() for slot in self._slots]
+        self._device = first.device
 
     def zero_grad(self) -> None:
         """Zero every gradient at once; a gradient that is not its view any more is replaced by it."""
@@ -108,14 +124,33 @@ class FlatGrads:
         self.grad.zero_()
 
     def sync(self) -> None:
-        """Make sure each parameter's ``.grad`` is its view of :attr:`grad`.
+        """Make sure each parameter's values and ``.grad`` are its slots of :attr:`data` and :attr:`grad`.
 
-        Autograd accumulates into the views in place, so this normally only checks.
-        If other code replaced or removed a gradient (``model.zero_grad()`` sets them
-        to ``None``), its value is copied into the buffer (``None`` as zero) and the
-        view is put back.
+        Autograd accumulates into the gradient views and the optimiser updates the
+        value buffer in place, so this normally only checks. If other code replaced
+        or removed a gradient (``model.zero_grad()`` sets them to ``None``), its value
+        is copied into the buffer (``None`` as zero) and the view is put back; if it
+        gave a parameter new values of the same shape (``param.data = ...``), they are
+        copied into the slot, which becomes the parameter's storage again.
+
+        Raises
+        ------
+        RuntimeError
+            If a parameter's shape, dtype or device changed since the buffers were
+            built (e.g. ``model.double()`` in the middle of training).
         """
-        for p, view in zip(self.params, self.views):
+        for i, (p, view) in enumerate(zip(self.params, self.views)):
+            if p.data_ptr() != self._ptrs[i]:
+                slot = self._slots[i]
+                if p.shape != slot.shape or p.dtype != slot.dtype or p.device != slot.device:
+                    raise RuntimeError(
+                        f"parameter {i} of this update step changed from {tuple(slot.shape)} {slot.dtype} on "
+                        f"{slot.device} to {tuple(p.shape)} {p.dtype} on {p.device} during training; move or "
+                        "convert the model before training starts, not during it."
+                    )
+                with torch.no_grad():
+                    slot.copy_(p.detach())
+                p.data = slot
             g = p.grad
             if g is view:
                 continue
@@ -129,37 +164,48 @@ class FlatGrads:
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
         """Scale the gradients so that their total 2-norm is at most ``max_norm``.
 
-        The rule and arithmetic of :func:`torch.nn.utils.clip_grad_norm_`: the norm
-        of the per-tensor norms, coefficient ``max_norm / (norm + 1e-6)`` clamped at
-        1, applied without a host sync. Returns the total norm before clipping.
+        The rule of :func:`torch.nn.utils.clip_grad_norm_` (coefficient
+        ``max_norm / (norm + 1e-6)`` clamped at 1) with the norm taken over the whole
+        buffer in one reduction, applied without a host sync. Returns the total norm
+        before clipping.
         """
         self.sync()
         with torch.no_grad():
-            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self.views)))
+            norm = torch.linalg.vector_norm(self.grad)
             self.grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
         return norm
 
     def release(self) -> None:
-        """Give every gradient its own storage again (called when the training run ends)."""
-        for p, view in zip(self.params, self.views):
-            if p.grad is view:
-                p.grad = view.clone()
+        """Give every parameter and gradient its own storage again (called when the training run ends)."""
+        with torch.no_grad():
+            for p, view, ptr in zip(self.params, self.views, self._ptrs):
+                if p.data_ptr() == ptr:
+                    p.data = p.detach().clone()
+                if p.grad is view:
+                    # A parameter converted in the middle of training (sync() refused it) drops
+                    # the gradient of its old type instead of failing here as well.
+                    same = p.dtype == view.dtype and p.shape == view.shape and p.device == view.device
+                    p.grad = view.clone() if same else None
 
 
 class FlatAdam(torch.optim.Adam):
-    """Fused Adam over the parameters of a :class:`FlatGrads`, with a lean step.
+    """Fused Adam over the buffers of a :class:`FlatGrads`: one kernel call per step.
 
-    The first step (and any step after the state or groups changed) is
-    :meth:`torch.optim.Adam.step`; it creates the usual per-parameter state. Later
-    steps reuse the lists of parameters, gradient views, moments and step counters
-    and make the two calls ``Adam.step`` makes for a fused group (count the step,
-    run the fused kernel), reading ``lr``, betas, ``eps`` and ``weight_decay`` from
-    ``param_groups`` every time, so learning-rate schedules work as usual.
+    The first step creates the usual per-parameter state (``step``, ``exp_avg``,
+    ``exp_avg_sq``) with the moments as views of two buffers laid out like
+    :attr:`FlatGrads.data` and one ``step`` tensor shared by every parameter; each
+    step then counts that step and runs the fused kernel once on the value,
+    gradient and moment buffers, reading ``lr``, betas, ``eps``, ``weight_decay``
+    and ``maximize`` from ``param_groups`` every time, so learning-rate schedules
+    work as usual. ``state_dict`` / ``load_state_dict`` work as for Adam (a loaded
+    state is copied into the buffers at the next step). With more than one
+    parameter group, AMSGrad, or a state whose parameters have different step
+    counts, the step is :meth:`torch.optim.Adam.step`'s.
 
     Parameters
     ----------
     grads
-        The gradient buffer of the parameters to optimise.
+        The buffers of the parameters to optimise.
     lr, weight_decay
         As for :class:`torch.optim.Adam` (betas and eps keep their defaults).
     """
@@ -167,19 +213,20 @@ class FlatAdam(torch.optim.Adam):
     def __init__(self, grads: FlatGrads, *, lr: float, weight_decay: float = 0.0) -> None:
         super().__init__(grads.params, lr=lr, weight_decay=weight_decay, fused=True)
         self.flat = grads
-        self._lists: tuple[list[torch.Tensor], ...] | None = None
+        # (exp_avg buffer, exp_avg_sq buffer, shared step) once the state is packed; None before.
+        self._buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._lean = _fused_adam_kernel is not None
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero the gradient buffer (``set_to_none`` is ignored: the views must stay)."""
         self.flat.zero_grad()
 
-    def _cache_lists(self) -> None:
-        """Collect the tensors of the lean step from the state ``Adam.step`` created."""
+    def _can_pack(self) -> bool:
         group = self.param_groups[0]
         params = group["params"]
-        ok = (
-            len(self.param_groups) == 1
+        return (
+            self._lean
+            and len(self.param_groups) == 1
             and not group["amsgrad"]
             and not group.get("decoupled_weight_decay", False)
             and not group["capturable"]
@@ -188,40 +235,61 @@ class FlatAdam(torch.optim.Adam):
             and getattr(self, "found_inf", None) is None
             and len(params) == len(self.flat.params)
             and all(p is q for p, q in zip(params, self.flat.params))
-            and all(len(self.state.get(p, ())) == 3 for p in params)
-        )
-        if not ok:
-            self._lists = None
-            return
-        states = [self.state[p] for p in params]
-        self._lists = (
-            list(params),
-            self.flat.views,
-            [s["exp_avg"] for s in states],
-            [s["exp_avg_sq"] for s in states],
-            [s["step"] for s in states],
         )
 
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
-        """One Adam update of every parameter."""
+    def _pack(self) -> bool:
+        """Put the moments in buffers and share one step counter; False when the state does not allow it."""
+        if not self._can_pack():
+            return False
+        params = self.flat.params
+        states = [self.state.get(p, {}) for p in params]
+        if any(states) and not all(len(s) == 3 for s in states):
+            return False
+        steps = [float(s["step"]) for s in states] if states[0] else [0.0]
+        if any(v != steps[0] for v in steps):
+            return False
+        exp_avg, exp_avg_sq = torch.zeros_like(self.flat.data), torch.zeros_like(self.flat.data)
+        # The fused kernel's step counter: float32 on the parameters' device, as Adam makes it.
+        step = torch.full((), steps[0], dtype=torch.float32, device=self.flat.data.device)
+        offset = 0
+        with torch.no_grad():
+            for p, s in zip(params, states):
+                n = p.numel()
+                m, v = exp_avg[offset:offset + n].view_as(p), exp_avg_sq[offset:offset + n].view_as(p)
+                if s:
+                    m.copy_(s["exp_avg"])
+                    v.copy_(s["exp_avg_sq"])
+                self.state[p] = {"step": step, "exp_avg": m, "exp_avg_sq": v}
+                offset += n
+        self._buffers = (exp_avg, exp_avg_sq, step)
+        return True
+
+    def _unpack(self) -> None:
+        """Give each parameter its own step counter again, before Adam's own step runs."""
+        # (Also reached from Optimizer.__init__, through add_param_group, before __init__ sets _buffers.)
+        if getattr(self, "_buffers", None) is None:
+            return
+        for p in self.flat.params:
+            state = self.state.get(p)
+            if state and "step" in state:
+                state["step"] = state["step"].clone()
+        self._buffers = None
+
+    def _update(self) -> None:
+        """One Adam update of every parameter (gradients already in the buffer)."""
         self.flat.sync()
-        if self._lists is None:
-            loss = super().step(closure)
-            if self._lean:
-                self._cache_lists()
-            return loss
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        params, grads, exp_avgs, exp_avg_sqs, steps = self._lists
+        if self._buffers is None and not self._pack():
+            self._unpack()
+            super().step()
+            return
+        assert self._buffers is not None
+        exp_avg, exp_avg_sq, step = self._buffers
         group = self.param_groups[0]
         beta1, beta2 = group["betas"]
-        torch._foreach_add_(steps, 1)
+        step.add_(1)
         try:
             _fused_adam_kernel(
-                params, grads, exp_avgs, exp_avg_sqs, [], steps,
+                [self.flat.data], [self.flat.grad], [exp_avg], [exp_avg_sq], [], [step],
                 amsgrad=False,
                 lr=group["lr"],
                 beta1=beta1,
@@ -233,19 +301,52 @@ class FlatAdam(torch.optim.Adam):
         except (AttributeError, TypeError, RuntimeError) as exc:
             # The kernel is private: a torch release that renamed it or changed its
             # signature gets Adam's own step from now on (same update, a little slower).
-            torch._foreach_sub_(steps, 1)
-            logger.debug("lean fused Adam step unavailable (%s); using torch.optim.Adam.step", exc)
+            step.sub_(1)
+            logger.debug("fused Adam kernel unavailable (%s); using torch.optim.Adam.step", exc)
             self._lean = False
-            self._lists = None
-            super().step()  # the closure, if any, has run above
-            return loss
+            self._unpack()
+            super().step()
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        """One Adam update of every parameter; ``closure`` as for any optimiser."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._update()
+        return loss
+
+    def lean_step(self) -> None:
+        """:meth:`step` without the wrappers torch puts around every optimiser's ``step``.
+
+        Those record the call for the profiler, run the optimiser step hooks and tell
+        a learning-rate scheduler that ``step`` was called. When no hook is
+        registered and no profiler runs, this sets the scheduler's flag itself and
+        makes the update directly; otherwise it calls :meth:`step`.
+        """
+        from torch.optim import optimizer as _optimizer
+
+        hooks = (
+            getattr(_optimizer, "_global_optimizer_pre_hooks", None),
+            getattr(_optimizer, "_global_optimizer_post_hooks", None),
+            getattr(self, "_optimizer_step_pre_hooks", None),
+            getattr(self, "_optimizer_step_post_hooks", None),
+        )
+        profiling = getattr(torch.autograd.profiler, "_is_profiler_enabled", True)
+        if profiling or any(h is None or len(h) for h in hooks):
+            self.step()
+            return
+        self._opt_called = True  # what the scheduler's wrapper around step() records
+        with torch.no_grad():
+            self._update()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """As :meth:`torch.optim.Adam.load_state_dict`; the next step rebuilds the lean lists."""
+        """As :meth:`torch.optim.Adam.load_state_dict`; the next step copies the state into the buffers."""
         super().load_state_dict(state_dict)
-        self._lists = None
+        self._buffers = None
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """As :meth:`torch.optim.Adam.add_param_group`; the lean step is used for one group only."""
+        """As :meth:`torch.optim.Adam.add_param_group`; Adam's own step from then on (several groups)."""
         super().add_param_group(param_group)
-        self._lists = None
+        self._unpack()

@@ -555,13 +555,14 @@ class Trainer:
         steps = []
         for step in self._steps:
             step_opt = self.optimizers[step.name]
+            flat = isinstance(step_opt, FlatAdam)
             if clip is None:
                 clipper = None
-            elif isinstance(step_opt, FlatAdam):
+            elif flat:
                 clipper = functools.partial(step_opt.flat.clip_grad_norm_, clip)
             else:
                 clipper = functools.partial(nn.utils.clip_grad_norm_, step.parameters, clip)
-            steps.append((step, step_opt, clipper))
+            steps.append((step, step_opt, clipper, step_opt.lean_step if flat else step_opt.step))
         # One step keeps the model's part names; several prefix them with the step name.
         single = len(steps) == 1
         model.train()
@@ -602,14 +603,14 @@ class Trainer:
             cb = batch_clusters(model, clusters[s:s + bs], None if batch_counts is None else batch_counts[s // bs])
             rows = xb.shape[0]
             extra = {} if observed is None else {"observed": observed[s:s + bs]}
-            for step, step_opt, clipper in steps:
+            for step, step_opt, clipper, update in steps:
                 with precision_context(precision, self.device):
                     out = step.loss(xb, mb, cb, generator=gen, **extra)
                 step_opt.zero_grad(set_to_none=True)
                 out.loss.backward()
                 if clipper is not None:
                     clipper()
-                step_opt.step()
+                update()
                 # In-place multiply-adds: one small op per sum and batch instead of two.
                 if not single:
                     loss_sum.add_(out.loss.detach(), alpha=rows)
@@ -776,9 +777,9 @@ class Trainer:
         check_precision(tc.precision, self.device)
         self._steps = _checked_steps(model)
         # Created once per run, one per update step; the refit phase only edits lr / gamma in place.
-        # Where the fused kernel applies, a step's gradients share one buffer for the run and
-        # its Adam skips the per-call bookkeeping: zeroing and clipping are a few ops instead of
-        # a few per parameter tensor, with bit-identical results (see _flat.py).
+        # Where the fused kernel applies, a step's parameter values, gradients and Adam moments
+        # live in one buffer each for the run: zeroing, clipping and the Adam update are a few
+        # ops on whole buffers instead of a few per parameter tensor (see _flat.py).
         self._flat = []
         self.optimizers = {}
         for step in self._steps:
@@ -859,7 +860,7 @@ class Trainer:
         finally:
             if has_beta:
                 model.beta = original_beta
-            # Gradients get their own storage back: the model leaves as an ordinary module.
+            # Parameters and gradients get their own storage back: the model leaves as an ordinary module.
             for grads in self._flat:
                 grads.release()
 
