@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch.optim import optimizer as _optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -326,8 +327,6 @@ class FlatAdam(torch.optim.Adam):
         registered and no profiler runs, this sets the scheduler's flag itself and
         makes the update directly; otherwise it calls :meth:`step`.
         """
-        from torch.optim import optimizer as _optimizer
-
         hooks = (
             getattr(_optimizer, "_global_optimizer_pre_hooks", None),
             getattr(_optimizer, "_global_optimizer_post_hooks", None),
