@@ -910,6 +910,16 @@ def test_flat_grads_pack_the_parameter_values_and_keep_them_packed():
     assert len(set(ptrs)) == len(ptrs)
 
     # During a fit the parameters stay packed: the optimiser updates the buffer they view.
+    # Afterwards each one has its own storage from before the fit back, with the trained
+    # values: references taken before training (an uncloned state_dict) see them.
+    model = TinyAE(data.layout, data.n_clusters, seed=3)
+    live = model.state_dict()
+    start = {k: v.clone() for k, v in live.items()}
+    ptrs = {k: v.data_ptr() for k, v in live.items()}
+    result = Trainer(model, FAST, RefitConfig(max_loops=1, epochs_per_loop=2), seed=0, device="cpu").fit(data)
+    trained = result.model.state_dict()
+    assert all(trained[k].data_ptr() == ptrs[k] and torch.equal(trained[k], live[k]) for k in live)
+    assert any(not torch.equal(live[k], start[k]) for k in live)
     seen = []
 
     class Probe(Callback):

@@ -69,7 +69,8 @@ class FlatGrads:
         :attr:`data` (same values, same shape) and its ``.grad`` a view of its slot
         of :attr:`grad`, which starts at zero (gradients held before are dropped).
         The parameter objects stay the same, so modules and optimisers holding them
-        are unaffected; :meth:`release` gives every parameter its own storage again.
+        are unaffected; :meth:`release` gives every parameter the storage it had before,
+        holding its trained values.
 
     Attributes
     ----------
@@ -99,6 +100,9 @@ class FlatGrads:
             raise ValueError("FlatGrads got the same parameter twice; pass each parameter once.")
         self.params = params
         first = params[0]
+        # Each parameter's own storage, given back (with the trained values) by release(), so
+        # references to it taken before training, e.g. an uncloned state_dict(), stay live.
+        self._own = [p.data for p in params]
         with torch.no_grad():
             self.data = torch.cat([p.detach().reshape(-1) for p in params])
         self.grad = torch.zeros_like(self.data)
@@ -178,11 +182,16 @@ class FlatGrads:
         return norm
 
     def release(self) -> None:
-        """Give every parameter and gradient its own storage again (called when the training run ends)."""
+        """Give every parameter and gradient its own storage again (called when the training run ends).
+
+        A parameter gets back the storage it had before the buffers were built, holding
+        its current values.
+        """
         with torch.no_grad():
-            for p, view, ptr in zip(self.params, self.views, self._ptrs):
+            for p, view, ptr, own in zip(self.params, self.views, self._ptrs, self._own):
                 if p.data_ptr() == ptr:
-                    p.data = p.detach().clone()
+                    own.copy_(p.detach())
+                    p.data = own
                 if p.grad is view:
                     # A parameter converted in the middle of training (sync() refused it) drops
                     # the gradient of its old type instead of failing here as well.
