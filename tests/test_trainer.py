@@ -957,6 +957,54 @@ def test_flat_adam_keeps_its_moments_in_buffers_with_one_step_counter():
     assert counts == [4.0] * len(counts) and float(opt.state[extra]["step"]) == 1.0
 
 
+def test_flat_adam_with_a_loaded_state_of_unequal_step_counts_runs_adams_own_step():
+    # A state whose parameters were stepped different numbers of times cannot share one step
+    # counter: FlatAdam then runs Adam.step, as torch.optim.Adam would, and counts each once.
+    data = make_data()
+
+    def backward(model):
+        model.zero_grad()
+        model.loss(data.x[:32], data.train_mask[:32], data.clusters[:32],
+                   generator=torch.Generator().manual_seed(0)).loss.backward()
+
+    a = TinyAE(data.layout, data.n_clusters, seed=2)
+    ga = FlatGrads(list(a.parameters()))
+    opt_a = FlatAdam(ga, lr=1e-2)
+    for _ in range(2):
+        opt_a.zero_grad()
+        backward(a)
+        opt_a.lean_step()
+    # Its state dict gives every parameter a counter of its own (the live one is shared).
+    saved = opt_a.state_dict()["state"]
+    assert len({id(v["step"]) for v in saved.values()}) == len(saved) == len(ga.params)
+    # A state with one counter object for several parameters (and a different count for one).
+    state = copy.deepcopy(opt_a.state_dict())
+    shared = torch.tensor(2.0)
+    for v in state["state"].values():
+        v["step"] = shared
+    state["state"][0]["step"] = torch.tensor(5.0)
+    b, ref = TinyAE(data.layout, data.n_clusters, seed=9), TinyAE(data.layout, data.n_clusters, seed=9)
+    b.load_state_dict(a.state_dict())
+    ref.load_state_dict(a.state_dict())
+    gb = FlatGrads(list(b.parameters()))
+    opt_b = FlatAdam(gb, lr=1e-2)
+    opt_b.load_state_dict(state)
+    opt_ref = torch.optim.Adam(ref.parameters(), lr=1e-2, fused=True)
+    ref_state = copy.deepcopy(state)
+    for v in ref_state["state"].values():
+        v["step"] = v["step"].clone()
+    opt_ref.load_state_dict(ref_state)
+    for _ in range(2):
+        opt_b.zero_grad()
+        backward(b)
+        opt_b.lean_step()
+        backward(ref)
+        opt_ref.step()
+    assert [float(opt_b.state[p]["step"]) for p in gb.params][:2] == [7.0, 4.0]
+    for p, q in zip(b.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
 def test_lean_step_skips_the_step_wrappers_only_when_nothing_listens(recwarn):
     data = make_data()
     model = TinyAE(data.layout, data.n_clusters, seed=2)

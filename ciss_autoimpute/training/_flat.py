@@ -227,6 +227,8 @@ class FlatAdam(torch.optim.Adam):
         # (exp_avg buffer, exp_avg_sq buffer, shared step) once the state is packed; None before.
         self._buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._lean = _fused_adam_kernel is not None
+        # False once the state could not be packed, until load_state_dict brings a new one.
+        self._packable = True
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero the gradient buffer (``set_to_none`` is ignored: the views must stay)."""
@@ -250,14 +252,13 @@ class FlatAdam(torch.optim.Adam):
 
     def _pack(self) -> bool:
         """Put the moments in buffers and share one step counter; False when the state does not allow it."""
-        if not self._can_pack():
+        if not (self._packable and self._can_pack()):
             return False
         params = self.flat.params
         states = [self.state.get(p, {}) for p in params]
-        if any(states) and not all(len(s) == 3 for s in states):
-            return False
-        steps = [float(s["step"]) for s in states] if states[0] else [0.0]
-        if any(v != steps[0] for v in steps):
+        steps = [float(s["step"]) for s in states] if all(len(s) == 3 for s in states) else [0.0]
+        if (any(states) and not all(len(s) == 3 for s in states)) or any(v != steps[0] for v in steps):
+            self._packable = False
             return False
         exp_avg, exp_avg_sq = torch.zeros_like(self.flat.data), torch.zeros_like(self.flat.data)
         # The fused kernel's step counter: float32 on the parameters' device, as Adam makes it.
@@ -350,10 +351,32 @@ class FlatAdam(torch.optim.Adam):
         with torch.no_grad():
             self._update()
 
+    def state_dict(self) -> dict[str, Any]:
+        """As :meth:`torch.optim.Adam.state_dict`, with a step counter of its own for every parameter.
+
+        The shared counter would stay shared in a copy or a saved file, and Adam's own
+        step, loading it, would then count it once per parameter.
+        """
+        out = super().state_dict()
+        out["state"] = {
+            k: {**v, "step": v["step"].clone()} if isinstance(v.get("step"), torch.Tensor) else v
+            for k, v in out["state"].items()
+        }
+        return out
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """As :meth:`torch.optim.Adam.load_state_dict`; the next step copies the state into the buffers."""
         super().load_state_dict(state_dict)
         self._buffers = None
+        self._packable = True
+        # A counter shared in the loaded state (one object for several parameters) is split.
+        seen: set[int] = set()
+        for state in self.state.values():
+            step = state.get("step")
+            if isinstance(step, torch.Tensor):
+                if id(step) in seen:
+                    state["step"] = step.clone()
+                seen.add(id(state["step"]))
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """As :meth:`torch.optim.Adam.add_param_group`; Adam's own step from then on (several groups)."""
