@@ -47,6 +47,11 @@ _fused_adam_kernel = getattr(torch, "_fused_adam_", None)
 __all__ = ["FlatAdam", "FlatGrads", "can_flatten"]
 
 
+def _same_kind(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """True when ``a`` and ``b`` have the same shape, dtype and device."""
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
+
+
 def can_flatten(params: Sequence[torch.Tensor]) -> bool:
     """True when ``params`` can share buffers: dense, one device, one floating dtype."""
     if not params:
@@ -99,28 +104,28 @@ class FlatGrads:
         if len({id(p) for p in params}) != len(params):
             raise ValueError("FlatGrads got the same parameter twice; pass each parameter once.")
         self.params = params
-        first = params[0]
         # Each parameter's own storage, given back (with the trained values) by release(), so
         # references to it taken before training, e.g. an uncloned state_dict(), stay live.
         self._own = [p.data for p in params]
         with torch.no_grad():
             self.data = torch.cat([p.detach().reshape(-1) for p in params])
         self.grad = torch.zeros_like(self.data)
-        self.views: list[torch.Tensor] = []
-        self._slots: list[torch.Tensor] = []
-        offset = 0
-        for p in params:
-            n = p.numel()
-            slot = self.data[offset:offset + n].view_as(p)
+        self._slots = self.split(self.data)
+        self.views = self.split(self.grad)
+        for p, slot, view in zip(params, self._slots, self.views):
             p.data = slot
-            self._slots.append(slot)
-            view = self.grad[offset:offset + n].view_as(p)
             p.grad = view
-            self.views.append(view)
-            offset += n
         # Where each parameter's values must be: sync() compares, one integer per parameter.
         self._ptrs = [slot.data_ptr() for slot in self._slots]
-        self._device = first.device
+
+    def split(self, buffer: torch.Tensor) -> list[torch.Tensor]:
+        """Views of ``buffer`` (laid out like :attr:`data`), one per parameter with its shape."""
+        out, offset = [], 0
+        for p in self.params:
+            n = p.numel()
+            out.append(buffer[offset:offset + n].view_as(p))
+            offset += n
+        return out
 
     def zero_grad(self) -> None:
         """Zero every gradient at once; a gradient that is not its view any more is replaced by it."""
@@ -148,7 +153,7 @@ class FlatGrads:
         for i, (p, view) in enumerate(zip(self.params, self.views)):
             if p.data_ptr() != self._ptrs[i]:
                 slot = self._slots[i]
-                if p.shape != slot.shape or p.dtype != slot.dtype or p.device != slot.device:
+                if not _same_kind(p, slot):
                     raise RuntimeError(
                         f"parameter {i} of this update step changed from {tuple(slot.shape)} {slot.dtype} on "
                         f"{slot.device} to {tuple(p.shape)} {p.dtype} on {p.device} during training; move or "
@@ -195,8 +200,7 @@ class FlatGrads:
                 if p.grad is view:
                     # A parameter converted in the middle of training (sync() refused it) drops
                     # the gradient of its old type instead of failing here as well.
-                    same = p.dtype == view.dtype and p.shape == view.shape and p.device == view.device
-                    p.grad = view.clone() if same else None
+                    p.grad = view.clone() if _same_kind(p, view) else None
 
 
 class FlatAdam(torch.optim.Adam):
@@ -256,23 +260,20 @@ class FlatAdam(torch.optim.Adam):
             return False
         params = self.flat.params
         states = [self.state.get(p, {}) for p in params]
-        steps = [float(s["step"]) for s in states] if all(len(s) == 3 for s in states) else [0.0]
-        if (any(states) and not all(len(s) == 3 for s in states)) or any(v != steps[0] for v in steps):
+        full = all(len(s) == 3 for s in states)
+        steps = [float(s["step"]) for s in states] if full else [0.0]
+        if (any(states) and not full) or any(v != steps[0] for v in steps):
             self._packable = False
             return False
         exp_avg, exp_avg_sq = torch.zeros_like(self.flat.data), torch.zeros_like(self.flat.data)
         # The fused kernel's step counter: float32 on the parameters' device, as Adam makes it.
         step = torch.full((), steps[0], dtype=torch.float32, device=self.flat.data.device)
-        offset = 0
         with torch.no_grad():
-            for p, s in zip(params, states):
-                n = p.numel()
-                m, v = exp_avg[offset:offset + n].view_as(p), exp_avg_sq[offset:offset + n].view_as(p)
+            for p, s, m, v in zip(params, states, self.flat.split(exp_avg), self.flat.split(exp_avg_sq)):
                 if s:
                     m.copy_(s["exp_avg"])
                     v.copy_(s["exp_avg_sq"])
                 self.state[p] = {"step": step, "exp_avg": m, "exp_avg_sq": v}
-                offset += n
         self._buffers = (exp_avg, exp_avg_sq, step)
         return True
 
