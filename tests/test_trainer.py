@@ -932,6 +932,13 @@ def test_flat_grads_pack_the_parameter_values_and_keep_them_packed():
     assert seen and all(seen)
 
 
+def _backward_on_rows(model, data, start=0, rows=32):
+    """Gradients of ``model``'s loss on ``rows`` rows of ``data`` from ``start`` (fixed noise)."""
+    sl = slice(start, start + rows)
+    model.loss(data.x[sl], data.train_mask[sl], data.clusters[sl],
+               generator=torch.Generator().manual_seed(0)).loss.backward()
+
+
 def test_flat_adam_keeps_its_moments_in_buffers_with_one_step_counter():
     data = make_data()
     model = TinyAE(data.layout, data.n_clusters, seed=2)
@@ -939,8 +946,7 @@ def test_flat_adam_keeps_its_moments_in_buffers_with_one_step_counter():
     opt = FlatAdam(grads, lr=1e-2)
     for s in range(0, 96, 32):
         opt.zero_grad()
-        model.loss(data.x[s:s + 32], data.train_mask[s:s + 32], data.clusters[s:s + 32],
-                   generator=torch.Generator().manual_seed(0)).loss.backward()
+        _backward_on_rows(model, data, s)
         opt.lean_step()
     states = [opt.state[p] for p in grads.params]
     assert len({id(st["step"]) for st in states}) == 1 and float(states[0]["step"]) == 3.0
@@ -964,8 +970,7 @@ def test_flat_adam_with_a_loaded_state_of_unequal_step_counts_runs_adams_own_ste
 
     def backward(model):
         model.zero_grad()
-        model.loss(data.x[:32], data.train_mask[:32], data.clusters[:32],
-                   generator=torch.Generator().manual_seed(0)).loss.backward()
+        _backward_on_rows(model, data)
 
     a = TinyAE(data.layout, data.n_clusters, seed=2)
     ga = FlatGrads(list(a.parameters()))
@@ -1014,8 +1019,7 @@ def test_lean_step_skips_the_step_wrappers_only_when_nothing_listens(recwarn):
 
     def backward():
         opt.zero_grad()
-        model.loss(data.x[:32], data.train_mask[:32], data.clusters[:32],
-                   generator=torch.Generator().manual_seed(0)).loss.backward()
+        _backward_on_rows(model, data)
 
     backward()
     opt.lean_step()
