@@ -24,6 +24,11 @@ of a change. A tiny batch (``--batch-size 16``) leaves almost no arithmetic in a
 its time is the step's fixed cost: Python, operator dispatch and autograd::
 
     .venv/bin/python scripts/bench_step.py --families vae cissvae --batch-size 16 --threads 2 --trainer-step
+
+``--count-ops N`` counts what pays that fixed cost, per step over ``N`` profiled steps: the
+top-level operator calls (ATen ops not made inside another ATen op: the forward's calls from
+Python and the backward's from autograd nodes, each paying dispatch and usually an
+allocation) and the autograd nodes the backward ran, with the most frequent of each.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import functools
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
                         help="also profile this many steps with torch.profiler and print the top ops")
+    parser.add_argument("--count-ops", type=int, default=0, metavar="STEPS",
+                        help="also count the top-level operator calls and autograd nodes per step over this many "
+                             "profiled steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: CPU time per step; more: wall-clock time)")
@@ -175,7 +184,46 @@ def main(argv: list[str] | None = None) -> int:
                 for i in range(args.profile):
                     step(i)
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+        if args.count_ops:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for i in range(args.count_ops):
+                    step(i)
+            ops, nodes = count_ops(prof.events(), args.count_ops)
+            print(f"\n{family}: per step {sum(ops.values()):.1f} top-level operator calls and "
+                  f"{sum(nodes.values()):.1f} autograd nodes")
+            for label, tally in (("top-level operator calls", ops), ("autograd nodes", nodes)):
+                top = ", ".join(f"{name} {n:g}" for name, n in tally.most_common(15))
+                print(f"- {label}: {top}")
     return 0
+
+
+def count_ops(events, steps: int) -> tuple[Counter, Counter]:
+    """Per-step counts of top-level ATen calls and autograd nodes in profiler ``events``.
+
+    A top-level call is an ``aten::`` event with no ``aten::`` event among its ancestors
+    (the ops a step asks for, not the ones they call inside); autograd nodes are the
+    ``autograd::engine::evaluate_function: <Node>`` events, counted by node name.
+    """
+    prefix = "autograd::engine::evaluate_function: "
+    ops: Counter = Counter()
+    nodes: Counter = Counter()
+    for event in events:
+        name = event.name
+        if name.startswith(prefix):
+            nodes[name[len(prefix):].split("::")[-1]] += 1
+            continue
+        if not name.startswith("aten::"):
+            continue
+        parent = event.cpu_parent
+        while parent is not None and not parent.name.startswith("aten::"):
+            parent = parent.cpu_parent
+        if parent is None:
+            ops[name] += 1
+    per_step = max(1, steps)
+    return (Counter({k: v / per_step for k, v in ops.items()}),
+            Counter({k: v / per_step for k, v in nodes.items()}))
 
 
 if __name__ == "__main__":

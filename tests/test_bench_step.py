@@ -131,3 +131,49 @@ def test_bench_step_times_the_segment_products_beside_the_padded_blocks(capsys, 
     # alternating: the default padded blocks, then max_padding=None's segment products.
     assert ways.count("blocks") == ways.count("segments") == 48
     assert ways[:8] == ["blocks"] * 4 + ["segments"] * 4
+
+
+def test_bench_step_count_ops_counts_one_gradient_accumulation_per_parameter(capsys):
+    import re
+
+    from ciss_autoimpute.data.layout import FeatureLayout
+    from ciss_autoimpute.models.registry import build_model
+
+    assert _load().main(["--families", "vae", "cissvae", "--rows", "400", "--batch-size", "100", "--steps", "1",
+                         "--rounds", "1", "--trainer-step", "--count-ops", "3"]) == 0
+    out = capsys.readouterr().out
+    for family in ("vae", "cissvae"):
+        found = re.search(rf"^{family}: per step ([\d.]+) top-level operator calls and ([\d.]+) autograd nodes\n"
+                          r"- top-level operator calls: .*\n- autograd nodes: (.*)$", out, re.MULTILINE)
+        assert found is not None
+        ops, nodes = float(found.group(1)), float(found.group(2))
+        tally = dict(item.rsplit(" ", 1) for item in found.group(3).split(", "))
+        # Every parameter tensor gets its gradient accumulated exactly once per backward pass.
+        n_params = len(list(build_model(family, FeatureLayout.all_numeric(50), 4, {}, seed=0).parameters()))
+        assert float(tally["AccumulateGrad"]) == n_params
+        assert ops > nodes > n_params
+    # cissvae's cluster-specific layers show up as their own backward nodes (padded blocks or
+    # segments, depending on how equal a batch's clusters are); vae has none.
+    vae_part, ciss_part = out.split("cissvae: per step")
+    cluster_nodes = ("BaddbmmBackward0", "_SegmentLinearBackward")
+    assert any(name in ciss_part for name in cluster_nodes)
+    assert not any(name in vae_part for name in cluster_nodes)
+
+
+def test_count_ops_keeps_top_level_calls_and_names_nodes():
+    module = _load()
+
+    class Event:
+        def __init__(self, name, parent=None):
+            self.name, self.cpu_parent = name, parent
+
+    step = Event("ProfilerStep")
+    linear = Event("aten::linear", step)
+    events = [step, linear, Event("aten::addmm", linear), Event("aten::relu", step),
+              Event("autograd::engine::evaluate_function: AddmmBackward0"),
+              Event("aten::mm", Event("AddmmBackward0")),
+              Event("autograd::engine::evaluate_function: torch::autograd::AccumulateGrad")]
+    ops, nodes = module.count_ops(events, steps=2)
+    # addmm runs inside linear and is not counted; mm under an autograd node is.
+    assert ops == {"aten::linear": 0.5, "aten::relu": 0.5, "aten::mm": 0.5}
+    assert nodes == {"AddmmBackward0": 0.5, "AccumulateGrad": 0.5}

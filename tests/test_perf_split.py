@@ -1,0 +1,99 @@
+"""scripts/perf_split.py: samples grouped by thread and kind, and the child that trains."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "perf_split.py"
+
+# `perf script -F tid,ip,sym,dso` lines as perf prints them (one sample each), plus noise.
+PERF_TEXT = """\
+  101      7f0001 mkl_blas_def_sgemm_kernel_0_zen (/venv/torch/lib/libtorch_cpu.so)
+  101      7f0002 mkl_blas_def_sgemm_kernel_0_zen (/venv/torch/lib/libtorch_cpu.so)
+  101      7f0003 c10::function_ref<void (char**, long const*, long, long)>::callback_fn<at::native::AVX2::\
+VectorizedLoop2d<at::native::(anonymous namespace)::mul_kernel(at::TensorIteratorBase&)::{lambda()#2}> > \
+(/venv/torch/lib/libtorch_cpu.so)
+  101      7f0004 _PyEval_EvalFrameDefault (/usr/lib/libpython3.11.so.1.0)
+  101      7f0005 c10::impl::OperatorEntry::lookup (/venv/torch/lib/libtorch_cpu.so)
+  101      7f0006 _int_malloc (/usr/lib/x86_64-linux-gnu/libc.so.6)
+  102      7f0007 [unknown] (/venv/torch/lib/libgomp.so.1)
+  102      7f0008 [unknown] (/venv/torch/lib/libgomp.so.1)
+  102      7f0009 [unknown] (/venv/torch/lib/libgomp.so.1)
+  102      7f000a mkl_blas_def_sgemm_kernel_0_zen (/venv/torch/lib/libtorch_cpu.so)
+not a sample line
+"""
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("perf_split_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """The child mode sets torch's thread count for the process; put it back for the other tests."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_samples_are_grouped_by_thread_and_kind():
+    module = _load()
+    threads, functions = module.split_samples(PERF_TEXT)
+    assert set(threads) == {101, 102}
+    assert threads[101] == {
+        "matrix products": 2, "elementwise, reductions, copies": 1, "Python interpreter": 1,
+        "dispatch, autograd, other libtorch": 1, "malloc / free": 1,
+    }
+    assert threads[102] == {"OpenMP wait": 3, "matrix products": 1}
+    # The elementwise loop's library is the last parenthesised part, not its signature's.
+    assert functions[101][("elementwise, reductions, copies", "loop of mul_kernel", "libtorch_cpu.so")] == 1
+
+
+def test_render_puts_the_main_thread_first_with_shares():
+    module = _load()
+    threads, _ = module.split_samples(PERF_TEXT)
+    table = module.render(threads, main_tid=102).splitlines()
+    assert table[0] == "| kind | main thread (4 samples) | thread 101 (6 samples) |"
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table[2:]}
+    assert rows["OpenMP wait"] == "| OpenMP wait | 75.0 % | 0.0 % |"
+    assert rows["matrix products"] == "| matrix products | 25.0 % | 33.3 % |"
+    # Kinds no thread hit are left out.
+    assert "kernel" not in rows and "torch Python bindings" not in rows
+
+
+def test_short_names_drop_template_arguments():
+    module = _load()
+    assert module.short_name("c10::impl::wrap_kernel_functor_unboxed_<c10::Foo<int>, bool>::call") == (
+        "c10::impl::wrap_kernel_functor_unboxed_::call")
+    assert module.short_name("mkl_blas_def_sgemm_kernel_0_zen") == "mkl_blas_def_sgemm_kernel_0_zen"
+
+
+def test_missing_perf_is_reported_with_the_fix(monkeypatch, capsys):
+    module = _load()
+    monkeypatch.setattr(module.shutil, "which", lambda name: None)
+    assert module.main(["--family", "vae"]) == 2
+    assert "apt-get install linux-perf" in capsys.readouterr().err
+
+
+def test_bad_arguments_are_refused():
+    module = _load()
+    with pytest.raises(SystemExit):
+        module.main(["--threads", "0"])
+    with pytest.raises(SystemExit):
+        module.main(["--warmup-epochs", "3", "--max-epochs", "3"])
+
+
+def test_child_announces_the_end_of_its_warm_up(capsys):
+    module = _load()
+    assert module.main(["--child", "--family", "vae", "--rows", "300", "--batch-size", "100", "--threads", "1",
+                        "--warmup-epochs", "1", "--max-epochs", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["epoch 1", "perf_split", "epoch 2", "epoch 3"]
+    assert lines[1] == "perf_split: warm-up done"
