@@ -50,11 +50,14 @@ KINDS = (
     "other",
 )
 
-# Substrings of torch's and MKL's names for loops over tensor elements.
-_KERNEL_MARKS = (
-    "VectorizedLoop2d", "loop_2d", "cpu_kernel", "vectorized_", "_kernel_impl", "normal_kernel", "NormalFill",
-    "adam_fused", "mkl_vml", "invoke_parallel", "serial_for_each", "memmove", "memset", "memcpy", "direct_copy",
-    "radix_sort", "index_select_out", "reduce", "CPUGeneratorImpl",
+# MKL's GEMM kernels and packing (not fbgemm, whose name holds "gemm" too: it sorts here).
+_PRODUCT = re.compile(r"^mkl_blas|(?<!fb)gemm")
+# torch's and MKL's names for loops over tensor elements: the loop templates, "..._kernel"
+# functions (not wrap_kernel_functor, the dispatcher's wrapper), reductions, sorts, copies.
+_ELEMENTWISE = re.compile(
+    r"VectorizedLoop2d|loop_2d|cpu_kernel|vectorized_|\w_kernel(?:_impl)?\b|NormalFill|adam_fused|mkl_vml"
+    r"|invoke_parallel|serial_for_each|mem(?:move|set|cpy)|radix_sort|index_select_out|reduce|_sum\b"
+    r"|CPUGeneratorImpl"
 )
 # The library is the last parenthesised part: symbols such as function_ref<void (char**, ...)> hold some too.
 _SAMPLE = re.compile(r"^\s*(\d+)\s+[0-9a-f]+\s+(.*)\s+\(([^()]*)\)\s*$")
@@ -64,9 +67,9 @@ _READY = "perf_split: warm-up done"
 def classify(symbol: str, library: str) -> str:
     """The kind (one of :data:`KINDS`) of a sample in ``symbol`` of shared object ``library``."""
     name = library.rsplit("/", 1)[-1]
-    if symbol.startswith("mkl_blas") or "gemm" in symbol:
+    if _PRODUCT.search(symbol):
         return "matrix products"
-    if any(mark in symbol for mark in _KERNEL_MARKS):
+    if _ELEMENTWISE.search(symbol):
         return "elementwise, reductions, copies"
     if name.startswith(("libgomp", "libiomp")):
         return "OpenMP wait"
@@ -138,7 +141,7 @@ def child(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(ROOT / "scripts"))
-    from bench_speed import VAL_PROPORTION, make_data
+    from bench_speed import PACKAGE_ARCH, PACKAGE_TRAIN, VAL_PROPORTION, make_data
 
     from ciss_autoimpute.data.dataset import ClusterDataset
     from ciss_autoimpute.models.registry import build_model
@@ -146,7 +149,15 @@ def child(args: argparse.Namespace) -> int:
 
     x, labels = make_data(args.rows, args.cols, args.seed)
     ds = ClusterDataset(x, clusters=labels, val_proportion=VAL_PROPORTION, seed=args.seed, device="cpu")
-    model = build_model(args.family, ds.layout, ds.n_clusters, {}, seed=args.seed)
+    params: dict = {}
+    train: dict = {"batch_size": args.batch_size}
+    if args.package_arch:
+        # As bench_speed.py's package comparison runs our side.
+        params = {**PACKAGE_ARCH, "likelihood": "gaussian_fixed", "beta": PACKAGE_TRAIN["beta"]}
+        train = {"batch_size": PACKAGE_TRAIN["batch_size"], "lr": PACKAGE_TRAIN["lr"],
+                 "weight_decay": PACKAGE_TRAIN["weight_decay"], "decay_factor": PACKAGE_TRAIN["decay_factor"],
+                 "grad_clip": None}
+    model = build_model(args.family, ds.layout, ds.n_clusters, params, seed=args.seed)
 
     class Announce(Callback):
         def __init__(self) -> None:
@@ -164,7 +175,7 @@ def child(args: argparse.Namespace) -> int:
                 print(_READY, flush=True)
             self.last = now
 
-    config = TrainConfig(epochs=args.max_epochs, batch_size=args.batch_size)
+    config = TrainConfig(epochs=args.max_epochs, **train)
     Trainer(model, config, RefitConfig(max_loops=0), callbacks=[Announce()], seed=args.seed, device="cpu").fit(ds.data)
     return 0
 
@@ -175,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--cols", type=int, default=50)
     parser.add_argument("--batch-size", default="auto", type=lambda v: v if v == "auto" else int(v))
+    parser.add_argument("--package-arch", action="store_true",
+                        help="the CISS-VAE package's architecture and training settings, as bench_speed.py's package "
+                             "comparison runs our side (batch 4000; use with --family cissvae)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=8.0, help="how long to sample (default 8)")
     parser.add_argument("--frequency", type=int, default=4000, help="samples per second per thread (default 4000)")
@@ -230,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     if not threads:
         print("perf_split: perf recorded no samples of the training process.", file=sys.stderr)
         return 1
-    print(f"{args.family}, {args.rows} x {args.cols}, batch {args.batch_size}, {args.threads} torch "
+    batch = "4000 (package architecture)" if args.package_arch else args.batch_size
+    print(f"{args.family}, {args.rows} x {args.cols}, batch {batch}, {args.threads} torch "
           f"thread{'s' if args.threads > 1 else ''}; {args.seconds:g} s sampled at {args.frequency} Hz "
           "after the warm-up; share of each thread's samples:\n")
     print(render(threads, proc.pid))

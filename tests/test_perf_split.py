@@ -97,3 +97,23 @@ def test_child_announces_the_end_of_its_warm_up(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines] == ["epoch 1", "perf_split", "epoch 2", "epoch 3"]
     assert lines[1] == "perf_split: warm-up done"
+
+
+@pytest.mark.parametrize(("symbol", "library", "kind"), [
+    ("mkl_blas_def_sgemm_scopy_down4_bdz", "libtorch_cpu.so", "matrix products"),
+    ("gemm_batch_internal32._omp_fn.8", "libtorch_cpu.so", "matrix products"),
+    # fbgemm's radix sort (the Trainer's per-epoch cluster sort) is not a product.
+    ("fbgemm::radix_sort_parallel<long, long>", "libtorch_cpu.so", "elementwise, reductions, copies"),
+    ("at::native::(anonymous namespace)::fused_adam_kernel<float, float>(x)", "libtorch_cpu.so",
+     "elementwise, reductions, copies"),
+    ("at::native::(anonymous namespace)::multi_row_sum<float>", "libtorch_cpu.so", "elementwise, reductions, copies"),
+    # The dispatcher's wrapper is dispatch even though its name holds "_kernel".
+    ("c10::impl::wrap_kernel_functor_unboxed_<c10::Foo>::call", "libtorch_cpu.so",
+     "dispatch, autograd, other libtorch"),
+    ("torch::FunctionSignature::parse", "libtorch_python.so", "torch Python bindings"),
+    ("[unknown]", "libgomp.so.1", "OpenMP wait"),
+    ("clear_page_erms", "[kernel.kallsyms]", "kernel"),
+    ("__tls_get_addr", "ld-linux-x86-64.so.2", "other"),
+])
+def test_classify(symbol, library, kind):
+    assert _load().classify(symbol, "/some/dir/" + library) == kind
