@@ -124,6 +124,19 @@ PACKAGE_TRAIN: dict[str, Any] = {
 }
 
 
+def package_settings() -> tuple[dict[str, Any], dict[str, Any]]:
+    """Our cissvae parameters and TrainConfig fields for the package's architecture and training.
+
+    The package's loss (masked MSE, i.e. ``gaussian_fixed``, with its KL weight), its Adam
+    settings and learning-rate decay, no gradient clipping; the batch size is
+    ``PACKAGE_TRAIN["batch_size"]``, passed separately.
+    """
+    params = {**PACKAGE_ARCH, "likelihood": "gaussian_fixed", "beta": PACKAGE_TRAIN["beta"]}
+    train = {"lr": PACKAGE_TRAIN["lr"], "weight_decay": PACKAGE_TRAIN["weight_decay"],
+             "decay_factor": PACKAGE_TRAIN["decay_factor"], "grad_clip": None}
+    return params, train
+
+
 # ============================================================================ shared by both venvs
 def make_data(n_rows: int, n_cols: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Correlated numeric data with 30 % MCAR cells (NaN) and random cluster labels.
@@ -591,9 +604,7 @@ def main(argv: list[str] | None = None) -> int:
                           "latent_shared": shared, "output_shared": shared}
                 plan.append((f"layers-{kind}", f"cissvae all {kind} {fmt_rows(n)}", py,
                              ours("cissvae", n, params=params, reference=False)))
-    pkg_params = {**PACKAGE_ARCH, "likelihood": "gaussian_fixed", "beta": PACKAGE_TRAIN["beta"]}
-    pkg_train = {"lr": PACKAGE_TRAIN["lr"], "weight_decay": PACKAGE_TRAIN["weight_decay"],
-                 "decay_factor": PACKAGE_TRAIN["decay_factor"], "grad_clip": None}
+    pkg_params, pkg_train = package_settings()
     for n in package_rows if "package" in args.sections else ():
         for repeat in range(args.repeats):
             tag = run_tag(repeat)

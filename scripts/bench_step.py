@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     # CPU time adds up the threads, so with more than one the wall clock is the step's time.
     clock, clock_name = (time.process_time, "CPU") if args.threads == 1 else (time.perf_counter, "wall-clock")
     sys.path.insert(0, str(ROOT / "scripts"))
-    from bench_speed import PACKAGE_ARCH, PACKAGE_TRAIN, make_data
+    from bench_speed import PACKAGE_TRAIN, make_data, package_settings
 
     from ciss_autoimpute.data.dataset import ClusterDataset
     from ciss_autoimpute.models.registry import build_model
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     params: dict = {}
     clip: float | None = 5.0
     if args.package_arch:
-        params = {**PACKAGE_ARCH, "likelihood": "gaussian_fixed", "beta": PACKAGE_TRAIN["beta"]}
+        params = package_settings()[0]
         args.batch_size, clip = PACKAGE_TRAIN["batch_size"], None
     x, labels = make_data(args.rows, args.cols, args.seed)
     ds = ClusterDataset(x, clusters=labels, val_proportion=0.1, seed=args.seed, device="cpu")

@@ -141,7 +141,7 @@ def child(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(ROOT / "scripts"))
-    from bench_speed import PACKAGE_ARCH, PACKAGE_TRAIN, VAL_PROPORTION, make_data
+    from bench_speed import PACKAGE_TRAIN, VAL_PROPORTION, make_data, package_settings
 
     from ciss_autoimpute.data.dataset import ClusterDataset
     from ciss_autoimpute.models.registry import build_model
@@ -153,10 +153,8 @@ def child(args: argparse.Namespace) -> int:
     train: dict = {"batch_size": args.batch_size}
     if args.package_arch:
         # As bench_speed.py's package comparison runs our side.
-        params = {**PACKAGE_ARCH, "likelihood": "gaussian_fixed", "beta": PACKAGE_TRAIN["beta"]}
-        train = {"batch_size": PACKAGE_TRAIN["batch_size"], "lr": PACKAGE_TRAIN["lr"],
-                 "weight_decay": PACKAGE_TRAIN["weight_decay"], "decay_factor": PACKAGE_TRAIN["decay_factor"],
-                 "grad_clip": None}
+        params, train = package_settings()
+        train["batch_size"] = PACKAGE_TRAIN["batch_size"]
     model = build_model(args.family, ds.layout, ds.n_clusters, params, seed=args.seed)
 
     class Announce(Callback):

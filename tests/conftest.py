@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 
 # Tiny models run fastest on one thread, and a busy 2-core machine makes torch's default
 # of one thread per core crawl. Subprocesses (command-line tests, workers) inherit this.
@@ -15,6 +17,30 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _load_script(name: str):
+    """scripts/<name>.py imported as a fresh module (its main() and helpers, nothing run)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_script", SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def load_script():
+    """Loads a benchmark script by name: ``load_script("bench_step").main([...])``."""
+    return _load_script
+
+
+@pytest.fixture
+def keep_torch_threads():
+    """Puts torch's thread count back after a test whose script sets it for the process."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def _mixed_complete() -> pd.DataFrame:

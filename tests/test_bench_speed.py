@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_speed.py"
+import pytest
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_speed_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def script(load_script):
+    """scripts/bench_speed.py, freshly imported."""
+    return load_script("bench_speed")
 
 
 def _ours(**values):
@@ -46,8 +43,8 @@ def _target_line(text, family):
     return next(x for x in text.splitlines() if x.startswith("- GFLOP/s") and f", {family}:" in x)
 
 
-def test_repeats_alternate_both_sides_and_report_the_median(monkeypatch, tmp_path):
-    module = _load()
+def test_repeats_alternate_both_sides_and_report_the_median(script, monkeypatch, tmp_path):
+    module = script
     order = []
     # Package epochs of 4, 3 and 5 s against ours of 1 s (val every epoch 2 s): the CPU
     # speedups are 4 / 3 / 5x (default) and 2 / 1.5 / 2.5x (like for like); medians 4 and 2.
@@ -77,9 +74,9 @@ def test_repeats_alternate_both_sides_and_report_the_median(monkeypatch, tmp_pat
     assert "like for like NOT met, default NOT met" in median
 
 
-def test_several_threads_are_judged_on_the_wall_clock(monkeypatch, tmp_path):
+def test_several_threads_are_judged_on_the_wall_clock(script, monkeypatch, tmp_path):
     """With 2 threads CPU time counts waiting worker threads: the verdict reads wall seconds."""
-    module = _load()
+    module = script
 
     def fake_child(python, spec, threads):
         assert threads == 2
@@ -105,20 +102,20 @@ def test_several_threads_are_judged_on_the_wall_clock(monkeypatch, tmp_path):
         assert "wall 50%, CPU time 25% -> met (wall)" in share, share
 
 
-def test_repeats_must_be_positive():
+def test_repeats_must_be_positive(script):
     import pytest
 
-    module = _load()
+    module = script
     with pytest.raises(SystemExit):
         module.main(["--repeats", "0", "--sections", "package"])
 
 
-def test_segment_shapes_are_the_products_a_layer_runs():
+def test_segment_shapes_are_the_products_a_layer_runs(script):
     import torch
 
     from ciss_autoimpute.models.layers import ClusterIndex, ClusterLinear
 
-    module = _load()
+    module = script
     unshared = ClusterLinear(50, 128, n_clusters=4, shared=False)
     grouped = ClusterIndex.grouped([10, 0, 20, 30], 4)
     # Rows sorted by cluster: one product per non-empty segment; 3 importance samples ride along.
@@ -145,9 +142,9 @@ def test_segment_shapes_are_the_products_a_layer_runs():
     assert module.useful_rows((torch.zeros(60, 50),), 60) == 60
 
 
-def test_the_share_is_also_judged_against_the_products_as_run(monkeypatch, tmp_path):
+def test_the_share_is_also_judged_against_the_products_as_run(script, monkeypatch, tmp_path):
     """A cluster-specific family gets a second verdict against its segment products."""
-    module = _load()
+    module = script
     whole = [[1000, 50, 128]]
     segments = [[500, 50, 128], [500, 50, 128]]
 
@@ -171,8 +168,8 @@ def test_the_share_is_also_judged_against_the_products_as_run(monkeypatch, tmp_p
     assert "| 60.0 / 60.0 | 50% / 50% |" in row
 
 
-def test_repeated_default_batch_runs_are_judged_on_their_median(monkeypatch, tmp_path):
-    module = _load()
+def test_repeated_default_batch_runs_are_judged_on_their_median(script, monkeypatch, tmp_path):
+    module = script
     specs = []
     # cissvae reaches 30, 45 and 50 % of the whole-batch rate (median 45 %: met) in three runs.
     monkeypatch.setattr(module, "run_child", _repeating_child(
@@ -193,9 +190,9 @@ def test_repeated_default_batch_runs_are_judged_on_their_median(monkeypatch, tmp
     assert "median 20.0% of 3 alternating runs (20%, 20%, 20%; wall) -> NOT met" in vae
 
 
-def test_repeated_fixed_batch_runs_alternate_and_are_judged_on_their_median(monkeypatch, tmp_path):
+def test_repeated_fixed_batch_runs_alternate_and_are_judged_on_their_median(script, monkeypatch, tmp_path):
     """--repeats also repeats the fixed-batch family table (section ``families``)."""
-    module = _load()
+    module = script
     specs = []
     # At batch 2048 vae reaches 35, 50 and 42 % (median 42 %: met); cissvae 20 % in every run.
     monkeypatch.setattr(module, "run_child", _repeating_child(
@@ -219,8 +216,8 @@ def test_repeated_fixed_batch_runs_alternate_and_are_judged_on_their_median(monk
     assert "products as run (one per cluster segment or block): median 50.0% of 3 alternating runs" in cissvae, cissvae
 
 
-def test_a_single_fixed_batch_run_names_its_basis(monkeypatch, tmp_path):
-    module = _load()
+def test_a_single_fixed_batch_run_names_its_basis(script, monkeypatch, tmp_path):
+    module = script
 
     def fake_child(python, spec, threads):
         return _ours(gflops=45.0, cpu_gflops=35.0, batch_size_used=256)

@@ -2,32 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_step.py"
+# The script sets torch's thread count for the process.
+pytestmark = pytest.mark.usefixtures("keep_torch_threads")
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_step_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def script(load_script):
+    """scripts/bench_step.py, freshly imported."""
+    return load_script("bench_step")
 
 
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    """The script sets torch's thread count for the process; put it back for the other tests."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_bench_step_times_each_family_in_three_parts(capsys):
-    assert _load().main(["--families", "cissvae", "notmiwae", "--rows", "300", "--batch-size", "100",
+def test_bench_step_times_each_family_in_three_parts(script, capsys):
+    assert script.main(["--families", "cissvae", "notmiwae", "--rows", "300", "--batch-size", "100",
                         "--steps", "2", "--rounds", "1"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| cissvae", "| notmiwae"))]
     assert len(rows) == 2
@@ -37,8 +26,8 @@ def test_bench_step_times_each_family_in_three_parts(capsys):
         assert abs(step - (forward + backward + optimiser)) < 0.02
 
 
-def test_bench_step_package_arch_uses_the_package_batch(capsys):
-    assert _load().main(["--families", "cissvae", "--package-arch", "--rows", "8000",
+def test_bench_step_package_arch_uses_the_package_batch(script, capsys):
+    assert script.main(["--families", "cissvae", "--package-arch", "--rows", "8000",
                         "--steps", "1", "--rounds", "1"]) == 0
     out = capsys.readouterr().out
     # The package's batch of 4000 rows replaces --batch-size, and the row is timed.
@@ -47,7 +36,7 @@ def test_bench_step_package_arch_uses_the_package_batch(capsys):
     assert float(row.strip("|").split("|")[-1]) > 0
 
 
-def test_bench_step_trainer_step_runs_the_trainers_optimiser(capsys, monkeypatch):
+def test_bench_step_trainer_step_runs_the_trainers_optimiser(script, capsys, monkeypatch):
     from ciss_autoimpute.training import _flat
 
     steps = []
@@ -58,7 +47,7 @@ def test_bench_step_trainer_step_runs_the_trainers_optimiser(capsys, monkeypatch
             return super().lean_step()
 
     monkeypatch.setattr(_flat, "FlatAdam", CountingFlatAdam)
-    assert _load().main(["--families", "vae", "--rows", "300", "--batch-size", "100", "--steps", "2",
+    assert script.main(["--families", "vae", "--rows", "300", "--batch-size", "100", "--steps", "2",
                          "--rounds", "1", "--trainer-step", "--threads", "2"]) == 0
     out = capsys.readouterr().out
     # 10 warm-up steps and one round of 2: every optimiser step went through the Trainer's FlatAdam.
@@ -68,20 +57,20 @@ def test_bench_step_trainer_step_runs_the_trainers_optimiser(capsys, monkeypatch
     assert float(row.strip("|").split("|")[-1]) > 0
 
 
-def test_bench_step_one_thread_reports_cpu_time_with_torchs_adam(capsys):
-    assert _load().main(["--families", "vae", "--rows", "300", "--batch-size", "100", "--steps", "1",
+def test_bench_step_one_thread_reports_cpu_time_with_torchs_adam(script, capsys):
+    assert script.main(["--families", "vae", "--rows", "300", "--batch-size", "100", "--steps", "1",
                          "--rounds", "1"]) == 0
     out = capsys.readouterr().out
     assert "1 thread;" in out and "torch.optim.Adam + clip_grad_norm_" in out and "CPU ms per step" in out
 
 
-def test_bench_step_rejects_zero_threads(capsys):
+def test_bench_step_rejects_zero_threads(script, capsys):
     with pytest.raises(SystemExit):
-        _load().main(["--threads", "0"])
+        script.main(["--threads", "0"])
     assert "--threads must be at least 1" in capsys.readouterr().err
 
 
-def test_bench_step_passes_the_trainers_cluster_index_and_plain_ids_on_request(capsys, monkeypatch):
+def test_bench_step_passes_the_trainers_cluster_index_and_plain_ids_on_request(script, capsys, monkeypatch):
     from ciss_autoimpute.models.families.vae import VAE
     from ciss_autoimpute.models.layers import ClusterIndex
 
@@ -93,7 +82,7 @@ def test_bench_step_passes_the_trainers_cluster_index_and_plain_ids_on_request(c
         return loss(self, x, mask, clusters, **kw)
 
     monkeypatch.setattr(VAE, "loss", spy)  # cissvae's loss is the VAE's
-    assert _load().main(["--families", "cissvae", "--rows", "300", "--batch-size", "100", "--steps", "2",
+    assert script.main(["--families", "cissvae", "--rows", "300", "--batch-size", "100", "--steps", "2",
                          "--rounds", "1", "--plain-ids"]) == 0
     out = capsys.readouterr().out
     assert [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| cissvae")] == [
@@ -105,7 +94,7 @@ def test_bench_step_passes_the_trainers_cluster_index_and_plain_ids_on_request(c
     assert all(isinstance(c, torch.Tensor) for c in seen if not isinstance(c, ClusterIndex))
 
 
-def test_bench_step_times_the_segment_products_beside_the_padded_blocks(capsys, monkeypatch):
+def test_bench_step_times_the_segment_products_beside_the_padded_blocks(script, capsys, monkeypatch):
     from ciss_autoimpute.models.layers import ClusterLinear
 
     ways = []
@@ -121,7 +110,7 @@ def test_bench_step_times_the_segment_products_beside_the_padded_blocks(capsys, 
 
     monkeypatch.setattr(ClusterLinear, "_forward_blocks", blocks)
     monkeypatch.setattr(ClusterLinear, "_segment_products", segments)
-    module = _load()
+    module = script
     assert module.main(["--families", "cissvae", "--rows", "400", "--batch-size", "200", "--steps", "2",
                         "--rounds", "1", "--segments"]) == 0
     out = capsys.readouterr().out
@@ -133,13 +122,13 @@ def test_bench_step_times_the_segment_products_beside_the_padded_blocks(capsys, 
     assert ways[:8] == ["blocks"] * 4 + ["segments"] * 4
 
 
-def test_bench_step_count_ops_counts_one_gradient_accumulation_per_parameter(capsys):
+def test_bench_step_count_ops_counts_one_gradient_accumulation_per_parameter(script, capsys):
     import re
 
     from ciss_autoimpute.data.layout import FeatureLayout
     from ciss_autoimpute.models.registry import build_model
 
-    assert _load().main(["--families", "vae", "cissvae", "--rows", "400", "--batch-size", "100", "--steps", "1",
+    assert script.main(["--families", "vae", "cissvae", "--rows", "400", "--batch-size", "100", "--steps", "1",
                          "--rounds", "1", "--trainer-step", "--count-ops", "3"]) == 0
     out = capsys.readouterr().out
     for family in ("vae", "cissvae"):
@@ -160,8 +149,8 @@ def test_bench_step_count_ops_counts_one_gradient_accumulation_per_parameter(cap
     assert not any(name in vae_part for name in cluster_nodes)
 
 
-def test_count_ops_keeps_top_level_calls_and_names_nodes():
-    module = _load()
+def test_count_ops_keeps_top_level_calls_and_names_nodes(script):
+    module = script
 
     class Event:
         def __init__(self, name, parent=None):

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "perf_split.py"
+# The script sets torch's thread count for the process.
+pytestmark = pytest.mark.usefixtures("keep_torch_threads")
+
 
 # `perf script -F tid,ip,sym,dso` lines as perf prints them (one sample each), plus noise.
 PERF_TEXT = """\
@@ -28,23 +26,14 @@ not a sample line
 """
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("perf_split_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def script(load_script):
+    """scripts/perf_split.py, freshly imported."""
+    return load_script("perf_split")
 
 
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    """The child mode sets torch's thread count for the process; put it back for the other tests."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_samples_are_grouped_by_thread_and_kind():
-    module = _load()
+def test_samples_are_grouped_by_thread_and_kind(script):
+    module = script
     threads, functions = module.split_samples(PERF_TEXT)
     assert set(threads) == {101, 102}
     assert threads[101] == {
@@ -56,8 +45,8 @@ def test_samples_are_grouped_by_thread_and_kind():
     assert functions[101][("elementwise, reductions, copies", "loop of mul_kernel", "libtorch_cpu.so")] == 1
 
 
-def test_render_puts_the_main_thread_first_with_shares():
-    module = _load()
+def test_render_puts_the_main_thread_first_with_shares(script):
+    module = script
     threads, _ = module.split_samples(PERF_TEXT)
     table = module.render(threads, main_tid=102).splitlines()
     assert table[0] == "| kind | main thread (4 samples) | thread 101 (6 samples) |"
@@ -68,30 +57,30 @@ def test_render_puts_the_main_thread_first_with_shares():
     assert "kernel" not in rows and "torch Python bindings" not in rows
 
 
-def test_short_names_drop_template_arguments():
-    module = _load()
+def test_short_names_drop_template_arguments(script):
+    module = script
     assert module.short_name("c10::impl::wrap_kernel_functor_unboxed_<c10::Foo<int>, bool>::call") == (
         "c10::impl::wrap_kernel_functor_unboxed_::call")
     assert module.short_name("mkl_blas_def_sgemm_kernel_0_zen") == "mkl_blas_def_sgemm_kernel_0_zen"
 
 
-def test_missing_perf_is_reported_with_the_fix(monkeypatch, capsys):
-    module = _load()
+def test_missing_perf_is_reported_with_the_fix(script, monkeypatch, capsys):
+    module = script
     monkeypatch.setattr(module.shutil, "which", lambda name: None)
     assert module.main(["--family", "vae"]) == 2
     assert "apt-get install linux-perf" in capsys.readouterr().err
 
 
-def test_bad_arguments_are_refused():
-    module = _load()
+def test_bad_arguments_are_refused(script):
+    module = script
     with pytest.raises(SystemExit):
         module.main(["--threads", "0"])
     with pytest.raises(SystemExit):
         module.main(["--warmup-epochs", "3", "--max-epochs", "3"])
 
 
-def test_child_announces_the_end_of_its_warm_up(capsys):
-    module = _load()
+def test_child_announces_the_end_of_its_warm_up(script, capsys):
+    module = script
     assert module.main(["--child", "--family", "vae", "--rows", "300", "--batch-size", "100", "--threads", "1",
                         "--warmup-epochs", "1", "--max-epochs", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -115,5 +104,5 @@ def test_child_announces_the_end_of_its_warm_up(capsys):
     ("clear_page_erms", "[kernel.kallsyms]", "kernel"),
     ("__tls_get_addr", "ld-linux-x86-64.so.2", "other"),
 ])
-def test_classify(symbol, library, kind):
-    assert _load().classify(symbol, "/some/dir/" + library) == kind
+def test_classify(script, symbol, library, kind):
+    assert script.classify(symbol, "/some/dir/" + library) == kind
