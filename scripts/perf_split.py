@@ -201,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--threads must be at least 1, got {args.threads}")
     if args.warmup_epochs < 1 or args.max_epochs <= args.warmup_epochs:
         parser.error("--warmup-epochs must be at least 1 and below --max-epochs")
+    if args.package_arch and args.family != "cissvae":
+        parser.error(f"--package-arch is the CISS-VAE package's network: use it with --family cissvae, "
+                     f"not {args.family}")
     if args.child:
         return child(args)
     perf = shutil.which("perf")
@@ -211,6 +214,16 @@ def main(argv: list[str] | None = None) -> int:
 
     command = [sys.executable, __file__, "--child", *(argv if argv is not None else sys.argv[1:])]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, bufsize=1)
+    try:
+        return _sample(args, perf, proc)
+    finally:
+        if proc.poll() is None:  # interrupted: do not leave the training running
+            proc.kill()
+            proc.wait()
+
+
+def _sample(args: argparse.Namespace, perf: str, proc: subprocess.Popen) -> int:
+    """Wait for the child's warm-up, sample it with perf, print the table."""
     assert proc.stdout is not None
     lines: list[str] = []
     for line in proc.stdout:

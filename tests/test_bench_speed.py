@@ -44,7 +44,6 @@ def _target_line(text, family):
 
 
 def test_repeats_alternate_both_sides_and_report_the_median(script, monkeypatch, tmp_path):
-    module = script
     order = []
     # Package epochs of 4, 3 and 5 s against ours of 1 s (val every epoch 2 s): the CPU
     # speedups are 4 / 3 / 5x (default) and 2 / 1.5 / 2.5x (like for like); medians 4 and 2.
@@ -60,9 +59,9 @@ def test_repeats_alternate_both_sides_and_report_the_median(script, monkeypatch,
                 "cpu_gflops": 10.0, "cpu_matmul_gflops": 20.0, "gflop_per_epoch": 10.0, "peak_rss_mb": 100.0,
                 "batch_size_used": 4000}
 
-    monkeypatch.setattr(module, "run_child", fake_child)
+    monkeypatch.setattr(script, "run_child", fake_child)
     out = tmp_path / "speed.md"
-    assert module.main(["--rows", "1000", "--sections", "package", "--cissvae-python", sys.executable,
+    assert script.main(["--rows", "1000", "--sections", "package", "--cissvae-python", sys.executable,
                         "--repeats", "3", "--memory-rows", "0", "--out", str(out)]) == 0
     # Ours (validation every epoch, then the default epoch) and the package, run after run.
     assert order == [(kind, val, r) for r in range(3) for kind, val in (("ours", 1), ("ours", 0), ("package", None))]
@@ -76,7 +75,6 @@ def test_repeats_alternate_both_sides_and_report_the_median(script, monkeypatch,
 
 def test_several_threads_are_judged_on_the_wall_clock(script, monkeypatch, tmp_path):
     """With 2 threads CPU time counts waiting worker threads: the verdict reads wall seconds."""
-    module = script
 
     def fake_child(python, spec, threads):
         assert threads == 2
@@ -88,10 +86,10 @@ def test_several_threads_are_judged_on_the_wall_clock(script, monkeypatch, tmp_p
                 "cpu_gflops": 5.0, "cpu_matmul_gflops": 20.0, "gflop_per_epoch": 10.0, "peak_rss_mb": 100.0,
                 "batch_size_used": 4000}
 
-    monkeypatch.setattr(module, "run_child", fake_child)
+    monkeypatch.setattr(script, "run_child", fake_child)
     for repeats in ("1", "3"):
         out = tmp_path / f"speed{repeats}.md"
-        assert module.main(["--cissvae-rows", "100000", "--sections", "package", "--cissvae-python", sys.executable,
+        assert script.main(["--cissvae-rows", "100000", "--sections", "package", "--cissvae-python", sys.executable,
                             "--threads", "2", "--repeats", repeats, "--memory-rows", "0", "--out", str(out)]) == 0
         text = out.read_text()
         # Wall: 4x like for like, 8x default; CPU time would say 3x / 6x.
@@ -105,9 +103,8 @@ def test_several_threads_are_judged_on_the_wall_clock(script, monkeypatch, tmp_p
 def test_repeats_must_be_positive(script):
     import pytest
 
-    module = script
     with pytest.raises(SystemExit):
-        module.main(["--repeats", "0", "--sections", "package"])
+        script.main(["--repeats", "0", "--sections", "package"])
 
 
 def test_segment_shapes_are_the_products_a_layer_runs(script):
@@ -115,36 +112,34 @@ def test_segment_shapes_are_the_products_a_layer_runs(script):
 
     from ciss_autoimpute.models.layers import ClusterIndex, ClusterLinear
 
-    module = script
     unshared = ClusterLinear(50, 128, n_clusters=4, shared=False)
     grouped = ClusterIndex.grouped([10, 0, 20, 30], 4)
     # Rows sorted by cluster: one product per non-empty segment; 3 importance samples ride along.
-    assert module.segment_shapes(unshared, (torch.zeros(60, 50), grouped), 60) == [
+    assert script.segment_shapes(unshared, (torch.zeros(60, 50), grouped), 60) == [
         (10, 50, 128), (20, 50, 128), (30, 50, 128)]
-    assert module.segment_shapes(unshared, (torch.zeros(3, 60, 50), grouped), 180) == [
+    assert script.segment_shapes(unshared, (torch.zeros(3, 60, 50), grouped), 180) == [
         (30, 50, 128), (60, 50, 128), (90, 50, 128)]
     # Unsorted rows: segments too once the layer is large; small layers multiply every row.
     ids = torch.tensor([0] * 1000 + [2] * 2000)
-    assert module.segment_shapes(unshared, (torch.zeros(3000, 50), ClusterIndex.build(ids, 4)), 3000) == [
+    assert script.segment_shapes(unshared, (torch.zeros(3000, 50), ClusterIndex.build(ids, 4)), 3000) == [
         (1000, 50, 128), (2000, 50, 128)]
     small = torch.tensor([0] * 10 + [2] * 20)
-    assert module.segment_shapes(unshared, (torch.zeros(30, 50), ClusterIndex.build(small, 4)), 30) == [(30, 50, 128)]
+    assert script.segment_shapes(unshared, (torch.zeros(30, 50), ClusterIndex.build(small, 4)), 30) == [(30, 50, 128)]
     shared = ClusterLinear(50, 128, n_clusters=4, shared=True)
-    assert module.segment_shapes(shared, (torch.zeros(60, 50), grouped), 60) == [(60, 50, 128)]
+    assert script.segment_shapes(shared, (torch.zeros(60, 50), grouped), 60) == [(60, 50, 128)]
     # Padded cluster blocks (the VAE loss's layout): one block of equal rows per cluster, padding
     # included in the products as run; the FLOPs counted are the real rows' only.
     blocks = ClusterIndex.grouped([25, 28, 30, 27], 4).padded_blocks(0.2)
-    assert module.segment_shapes(unshared, (torch.zeros(120, 50), blocks), 120) == [(30, 50, 128)] * 4
-    assert module.segment_shapes(shared, (torch.zeros(120, 50), blocks), 120) == [(120, 50, 128)]
-    assert module.useful_rows((torch.zeros(120, 50), blocks), 120) == 110
-    assert module.useful_rows((torch.zeros(3, 120, 50), blocks), 360) == 330
-    assert module.useful_rows((torch.zeros(60, 50), grouped), 60) == 60
-    assert module.useful_rows((torch.zeros(60, 50),), 60) == 60
+    assert script.segment_shapes(unshared, (torch.zeros(120, 50), blocks), 120) == [(30, 50, 128)] * 4
+    assert script.segment_shapes(shared, (torch.zeros(120, 50), blocks), 120) == [(120, 50, 128)]
+    assert script.useful_rows((torch.zeros(120, 50), blocks), 120) == 110
+    assert script.useful_rows((torch.zeros(3, 120, 50), blocks), 360) == 330
+    assert script.useful_rows((torch.zeros(60, 50), grouped), 60) == 60
+    assert script.useful_rows((torch.zeros(60, 50),), 60) == 60
 
 
 def test_the_share_is_also_judged_against_the_products_as_run(script, monkeypatch, tmp_path):
     """A cluster-specific family gets a second verdict against its segment products."""
-    module = script
     whole = [[1000, 50, 128]]
     segments = [[500, 50, 128], [500, 50, 128]]
 
@@ -152,9 +147,9 @@ def test_the_share_is_also_judged_against_the_products_as_run(script, monkeypatc
         run = segments if spec["family"] == "cissvae" else whole
         return _ours(run_matmul_gflops=60.0, cpu_run_matmul_gflops=60.0, linear_shapes=whole, run_linear_shapes=run)
 
-    monkeypatch.setattr(module, "run_child", fake_child)
+    monkeypatch.setattr(script, "run_child", fake_child)
     out = tmp_path / "auto.md"
-    assert module.main(["--rows", "100000", "--sections", "auto", "--families", "vae", "cissvae",
+    assert script.main(["--rows", "100000", "--sections", "auto", "--families", "vae", "cissvae",
                         "--memory-rows", "0", "--out", str(out)]) == 0
     text = out.read_text()
     lines = {f: _target_line(text, f) for f in ("vae", "cissvae")}
@@ -169,14 +164,13 @@ def test_the_share_is_also_judged_against_the_products_as_run(script, monkeypatc
 
 
 def test_repeated_default_batch_runs_are_judged_on_their_median(script, monkeypatch, tmp_path):
-    module = script
     specs = []
     # cissvae reaches 30, 45 and 50 % of the whole-batch rate (median 45 %: met) in three runs.
-    monkeypatch.setattr(module, "run_child", _repeating_child(
+    monkeypatch.setattr(script, "run_child", _repeating_child(
         specs, "cissvae", {0: 30.0, 1: 45.0, 2: 50.0}, whole=[[1000, 50, 128]],
         segments=[[500, 50, 128], [500, 50, 128]], run_matmul_gflops=80.0, cpu_run_matmul_gflops=40.0))
     out = tmp_path / "auto.md"
-    assert module.main(["--rows", "100000", "--sections", "auto", "--families", "vae", "cissvae", "--threads", "2",
+    assert script.main(["--rows", "100000", "--sections", "auto", "--families", "vae", "cissvae", "--threads", "2",
                         "--repeats", "3", "--memory-rows", "0", "--out", str(out)]) == 0
     # The families alternate within each run.
     assert [(s["repeat"], s["family"]) for s in specs] == [(r, f) for r in range(3) for f in ("vae", "cissvae")]
@@ -192,15 +186,14 @@ def test_repeated_default_batch_runs_are_judged_on_their_median(script, monkeypa
 
 def test_repeated_fixed_batch_runs_alternate_and_are_judged_on_their_median(script, monkeypatch, tmp_path):
     """--repeats also repeats the fixed-batch family table (section ``families``)."""
-    module = script
     specs = []
     # At batch 2048 vae reaches 35, 50 and 42 % (median 42 %: met); cissvae 20 % in every run.
-    monkeypatch.setattr(module, "run_child", _repeating_child(
+    monkeypatch.setattr(script, "run_child", _repeating_child(
         specs, "vae", {0: 35.0, 1: 50.0, 2: 42.0}, whole=[[2048, 50, 128]],
         segments=[[1000, 50, 128], [1048, 50, 128]], run_matmul_gflops=40.0, cpu_run_matmul_gflops=20.0,
         batch_size_used=2048))
     out = tmp_path / "families.md"
-    assert module.main(["--rows", "100000", "--sections", "families", "--families", "vae", "cissvae",
+    assert script.main(["--rows", "100000", "--sections", "families", "--families", "vae", "cissvae",
                         "--batch-size", "2048", "--threads", "2", "--repeats", "3", "--memory-rows", "0",
                         "--out", str(out)]) == 0
     assert all(s["batch_size"] == 2048 for s in specs)
@@ -217,14 +210,13 @@ def test_repeated_fixed_batch_runs_alternate_and_are_judged_on_their_median(scri
 
 
 def test_a_single_fixed_batch_run_names_its_basis(script, monkeypatch, tmp_path):
-    module = script
 
     def fake_child(python, spec, threads):
         return _ours(gflops=45.0, cpu_gflops=35.0, batch_size_used=256)
 
-    monkeypatch.setattr(module, "run_child", fake_child)
+    monkeypatch.setattr(script, "run_child", fake_child)
     out = tmp_path / "one.md"
-    assert module.main(["--rows", "100000", "--sections", "families", "--families", "vae",
+    assert script.main(["--rows", "100000", "--sections", "families", "--families", "vae",
                         "--memory-rows", "0", "--out", str(out)]) == 0
     line = _target_line(out.read_text(), "vae")
     # One thread: judged on CPU time (35 %), not the wall clock (45 %).

@@ -110,8 +110,7 @@ def test_bench_step_times_the_segment_products_beside_the_padded_blocks(script, 
 
     monkeypatch.setattr(ClusterLinear, "_forward_blocks", blocks)
     monkeypatch.setattr(ClusterLinear, "_segment_products", segments)
-    module = script
-    assert module.main(["--families", "cissvae", "--rows", "400", "--batch-size", "200", "--steps", "2",
+    assert script.main(["--families", "cissvae", "--rows", "400", "--batch-size", "200", "--steps", "2",
                         "--rounds", "1", "--segments"]) == 0
     out = capsys.readouterr().out
     assert [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| cissvae")] == [
@@ -150,7 +149,6 @@ def test_bench_step_count_ops_counts_one_gradient_accumulation_per_parameter(scr
 
 
 def test_count_ops_keeps_top_level_calls_and_names_nodes(script):
-    module = script
 
     class Event:
         def __init__(self, name, parent=None):
@@ -162,7 +160,7 @@ def test_count_ops_keeps_top_level_calls_and_names_nodes(script):
               Event("autograd::engine::evaluate_function: AddmmBackward0"),
               Event("aten::mm", Event("AddmmBackward0")),
               Event("autograd::engine::evaluate_function: torch::autograd::AccumulateGrad")]
-    ops, nodes = module.count_ops(events, steps=2)
+    ops, nodes = script.count_ops(events, steps=2)
     # addmm runs inside linear and is not counted; mm under an autograd node is.
     assert ops == {"aten::linear": 0.5, "aten::relu": 0.5, "aten::mm": 0.5}
     assert nodes == {"AddmmBackward0": 0.5, "AccumulateGrad": 0.5}

@@ -33,8 +33,7 @@ def script(load_script):
 
 
 def test_samples_are_grouped_by_thread_and_kind(script):
-    module = script
-    threads, functions = module.split_samples(PERF_TEXT)
+    threads, functions = script.split_samples(PERF_TEXT)
     assert set(threads) == {101, 102}
     assert threads[101] == {
         "matrix products": 2, "elementwise, reductions, copies": 1, "Python interpreter": 1,
@@ -46,9 +45,8 @@ def test_samples_are_grouped_by_thread_and_kind(script):
 
 
 def test_render_puts_the_main_thread_first_with_shares(script):
-    module = script
-    threads, _ = module.split_samples(PERF_TEXT)
-    table = module.render(threads, main_tid=102).splitlines()
+    threads, _ = script.split_samples(PERF_TEXT)
+    table = script.render(threads, main_tid=102).splitlines()
     assert table[0] == "| kind | main thread (4 samples) | thread 101 (6 samples) |"
     rows = {line.split(" | ")[0].lstrip("| "): line for line in table[2:]}
     assert rows["OpenMP wait"] == "| OpenMP wait | 75.0 % | 0.0 % |"
@@ -58,30 +56,39 @@ def test_render_puts_the_main_thread_first_with_shares(script):
 
 
 def test_short_names_drop_template_arguments(script):
-    module = script
-    assert module.short_name("c10::impl::wrap_kernel_functor_unboxed_<c10::Foo<int>, bool>::call") == (
+    assert script.short_name("c10::impl::wrap_kernel_functor_unboxed_<c10::Foo<int>, bool>::call") == (
         "c10::impl::wrap_kernel_functor_unboxed_::call")
-    assert module.short_name("mkl_blas_def_sgemm_kernel_0_zen") == "mkl_blas_def_sgemm_kernel_0_zen"
+    assert script.short_name("mkl_blas_def_sgemm_kernel_0_zen") == "mkl_blas_def_sgemm_kernel_0_zen"
 
 
 def test_missing_perf_is_reported_with_the_fix(script, monkeypatch, capsys):
-    module = script
-    monkeypatch.setattr(module.shutil, "which", lambda name: None)
-    assert module.main(["--family", "vae"]) == 2
+    monkeypatch.setattr(script.shutil, "which", lambda name: None)
+    assert script.main(["--family", "vae"]) == 2
     assert "apt-get install linux-perf" in capsys.readouterr().err
 
 
 def test_bad_arguments_are_refused(script):
-    module = script
     with pytest.raises(SystemExit):
-        module.main(["--threads", "0"])
+        script.main(["--threads", "0"])
     with pytest.raises(SystemExit):
-        module.main(["--warmup-epochs", "3", "--max-epochs", "3"])
+        script.main(["--warmup-epochs", "3", "--max-epochs", "3"])
+    with pytest.raises(SystemExit):
+        script.main(["--family", "vae", "--package-arch"])
+
+
+def test_a_child_that_fails_before_its_warm_up_is_reported_and_nothing_sampled(script, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(script.shutil, "which", lambda name: "/usr/bin/perf-that-must-not-run")
+    real_run = script.subprocess.run
+    monkeypatch.setattr(script.subprocess, "run", lambda *a, **k: calls.append(a) or real_run(*a, **k))
+    # An unknown family: the child fails while building its model, before any epoch.
+    assert script.main(["--family", "no-such-family", "--rows", "200", "--threads", "1"]) == 1
+    assert "ended before its warm-up was over" in capsys.readouterr().err
+    assert calls == []
 
 
 def test_child_announces_the_end_of_its_warm_up(script, capsys):
-    module = script
-    assert module.main(["--child", "--family", "vae", "--rows", "300", "--batch-size", "100", "--threads", "1",
+    assert script.main(["--child", "--family", "vae", "--rows", "300", "--batch-size", "100", "--threads", "1",
                         "--warmup-epochs", "1", "--max-epochs", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines] == ["epoch 1", "perf_split", "epoch 2", "epoch 3"]
@@ -106,3 +113,28 @@ def test_child_announces_the_end_of_its_warm_up(script, capsys):
 ])
 def test_classify(script, symbol, library, kind):
     assert script.classify(symbol, "/some/dir/" + library) == kind
+
+
+def test_child_with_package_arch_trains_the_package_comparisons_model(script, monkeypatch, capsys):
+    from ciss_autoimpute import training
+    from ciss_autoimpute.models import registry
+
+    built, configs = [], []
+    real_build, real_config = registry.build_model, training.TrainConfig
+
+    def build(family, layout, n_clusters, params, seed=0):
+        built.append((family, params))
+        return real_build(family, layout, n_clusters, params, seed=seed)
+
+    def config(**kw):
+        configs.append(kw)
+        return real_config(**kw)
+
+    monkeypatch.setattr(registry, "build_model", build)
+    monkeypatch.setattr(training, "TrainConfig", config)
+    assert script.main(["--child", "--family", "cissvae", "--package-arch", "--rows", "300", "--threads", "1",
+                        "--warmup-epochs", "1", "--max-epochs", "2"]) == 0
+    assert "perf_split: warm-up done" in capsys.readouterr().out
+    (family, params), = built
+    assert family == "cissvae" and params["hidden_dims"] == [150, 120, 60] and params["likelihood"] == "gaussian_fixed"
+    assert configs[0]["batch_size"] == 4000 and configs[0]["grad_clip"] is None and configs[0]["lr"] == 0.01
