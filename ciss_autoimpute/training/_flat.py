@@ -292,7 +292,6 @@ class FlatAdam(torch.optim.Adam):
         """One Adam update of every parameter (gradients already in the buffer)."""
         self.flat.sync()
         if self._buffers is None and not self._pack():
-            self._unpack()
             super().step()
             return
         assert self._buffers is not None
