@@ -178,25 +178,26 @@ def main(argv: list[str] | None = None) -> int:
             label = f"{family} ({way})" if way else family
             print(f"| {label} | {med[0]:.2f} | {med[1]:.2f} | {med[2]:.2f} | {sum(med):.2f} |")
         if args.profile:
-            from torch.profiler import ProfilerActivity, profile
-
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
-                for i in range(args.profile):
-                    step(i)
+            prof = profiled(step, args.profile)
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
         if args.count_ops:
-            from torch.profiler import ProfilerActivity, profile
-
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
-                for i in range(args.count_ops):
-                    step(i)
-            ops, nodes = count_ops(prof.events(), args.count_ops)
+            ops, nodes = count_ops(profiled(step, args.count_ops).events(), args.count_ops)
             print(f"\n{family}: per step {sum(ops.values()):.1f} top-level operator calls and "
                   f"{sum(nodes.values()):.1f} autograd nodes")
             for label, tally in (("top-level operator calls", ops), ("autograd nodes", nodes)):
                 top = ", ".join(f"{name} {n:g}" for name, n in tally.most_common(15))
                 print(f"- {label}: {top}")
     return 0
+
+
+def profiled(step, n: int):
+    """torch.profiler's record (CPU activities) of ``n`` calls ``step(0) .. step(n - 1)``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(n):
+            step(i)
+    return prof
 
 
 def count_ops(events, steps: int) -> tuple[Counter, Counter]:
