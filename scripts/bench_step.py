@@ -12,9 +12,11 @@ after a warm-up. With one thread the times are CPU time (``time.process_time``, 
 done even on a loaded machine); with ``--threads N`` above one they are wall-clock time,
 since CPU time then adds up the threads. Batches are contiguous slices of rows sorted by
 cluster within each batch, with their cluster ids as a ``ClusterIndex`` (grouped for
-cissvae), as the Trainer hands them to the model (``--plain-ids`` also times the steps with
-the ids as a plain tensor, interleaved; ``--segments`` with the loss's padded cluster blocks
-switched off, i.e. one product per cluster segment); the optimiser is fused
+cissvae, and for cissvae's batches of about equally large clusters laid out in padded cluster
+blocks beforehand), as the Trainer hands them to the model (``--plain-ids`` also times the
+steps with the ids as a plain tensor, interleaved; ``--segments`` with the padded cluster
+blocks switched off, i.e. one product per cluster segment; ``--loss-pads`` with the loss
+laying out each grouped batch itself); the optimiser is fused
 Adam with gradient clipping at 5, by default ``torch.optim.Adam`` with
 ``clip_grad_norm_``, and with ``--trainer-step`` the Trainer's own lean plumbing (one
 buffer each for the values, gradients and Adam moments, ``FlatAdam.lean_step``; a few
@@ -73,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--segments", action="store_true",
                         help="also time every step with the model's max_padding=None (no padded cluster blocks: one "
                              "product per cluster segment), interleaved round by round: an in-process A/B")
+    parser.add_argument("--loss-pads", action="store_true",
+                        help="also time every step with each batch handed to the loss grouped by cluster, the loss "
+                             "laying it out in padded blocks itself, instead of the epoch's layout made beforehand "
+                             "(block_layout), interleaved round by round: an in-process A/B")
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
@@ -86,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench_speed import PACKAGE_TRAIN, make_data, package_settings
 
     from ciss_autoimpute.data.dataset import ClusterDataset
+    from ciss_autoimpute.models.layers import block_layout
     from ciss_autoimpute.models.registry import build_model
     from ciss_autoimpute.training._flat import FlatAdam, FlatGrads
     from ciss_autoimpute.training.trainer import batch_clusters
@@ -128,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
                                                                   list(model.parameters()), clip)
         gen = torch.Generator().manual_seed(args.seed)
         extra = {"observed": None} if getattr(model, "models_missingness", False) else {}
+        # Batches in padded cluster blocks where they pay, laid out for all of them at once, as the
+        # Trainer does each epoch (block_layout); the "plain ids" and "segments" steps keep the rows.
+        padding = model.batch_padding(torch.device("cpu"))
+        layout = None if padding is None else block_layout(counts[:n_batches], padding)
+        laid = None if layout is None else tuple(t.index_select(0, layout.source) for t in (xs, mask, clusters))
 
         def step(i: int, parts: list[float] | None = None, way: str = "") -> None:
             if way != "segments":
@@ -144,10 +156,15 @@ def main(argv: list[str] | None = None) -> int:
             s = b * bs
             kw = {k: observed[s:s + bs] for k in extra}
             t0 = clock()
-            ids = clusters[s:s + bs]
-            if not plain:  # the Trainer's way: a ClusterIndex where the model takes one
-                ids = batch_clusters(model, ids, counts[b] if model.sorts_batches_by_cluster else None)
-            out = model.loss(xs[s:s + bs], mask[s:s + bs], ids, generator=gen, **kw)
+            if layout is not None and laid is not None and not way:
+                s, e = layout.starts[b], layout.starts[b] + layout.lengths[b]
+                out = model.loss(laid[0][s:e], laid[1][s:e], layout.index(b, counts[b], laid[2][s:e]),
+                                 generator=gen, **kw)
+            else:
+                ids = clusters[s:s + bs]
+                if not plain:  # the Trainer's way: a ClusterIndex where the model takes one
+                    ids = batch_clusters(model, ids, counts[b] if model.sorts_batches_by_cluster else None)
+                out = model.loss(xs[s:s + bs], mask[s:s + bs], ids, generator=gen, **kw)
             t1 = clock()
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
@@ -162,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                 parts[2] += t3 - t2
 
         # Each round also times the other ways asked for, right after the Trainer's way.
-        ways = [""] + ["plain ids"] * args.plain_ids + ["segments"] * args.segments
+        ways = [""] + ["plain ids"] * args.plain_ids + ["segments"] * args.segments + ["loss pads"] * args.loss_pads
         for i in range(10):
             for way in ways:
                 step(i, way=way)

@@ -83,15 +83,18 @@ def test_bench_step_passes_the_trainers_cluster_index_and_plain_ids_on_request(s
 
     monkeypatch.setattr(VAE, "loss", spy)  # cissvae's loss is the VAE's
     assert script.main(["--families", "cissvae", "--rows", "300", "--batch-size", "100", "--steps", "2",
-                         "--rounds", "1", "--plain-ids"]) == 0
+                        "--rounds", "1", "--plain-ids", "--loss-pads"]) == 0
     out = capsys.readouterr().out
     assert [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| cissvae")] == [
-        "cissvae", "cissvae (plain ids)"]
-    # 10 warm-up steps and one round of 2, each way: the Trainer's grouped index, then plain ids.
-    grouped = [c for c in seen if isinstance(c, ClusterIndex)]
-    assert len(grouped) == len(seen) - len(grouped) == 12
-    assert all(c.is_grouped and sum(c.counts) == 100 for c in grouped)
+        "cissvae", "cissvae (plain ids)", "cissvae (loss pads)"]
+    # 10 warm-up steps and one round of 2, each way: the Trainer's index (of padded blocks laid
+    # out beforehand for batches of about equal clusters, else grouped), plain ids, grouped.
+    indexes = [c for c in seen if isinstance(c, ClusterIndex)]
+    assert len(indexes) == 2 * (len(seen) - len(indexes)) == 24
     assert all(isinstance(c, torch.Tensor) for c in seen if not isinstance(c, ClusterIndex))
+    padded = [c for c in indexes if c.is_padded]
+    assert 1 <= len(padded) <= 12 and sum(c.is_grouped for c in indexes) == 24 - len(padded)
+    assert all(sum(c.counts) == 100 for c in indexes)
 
 
 def test_bench_step_times_the_segment_products_beside_the_padded_blocks(script, capsys, monkeypatch):

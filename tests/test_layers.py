@@ -11,6 +11,7 @@ from ciss_autoimpute.models.layers import (
     MLP,
     ClusterIndex,
     ClusterLinear,
+    block_layout,
     _SegmentLinear,
     make_activation,
     normalise_layer_order,
@@ -284,6 +285,45 @@ def test_padded_blocks_lay_out_equal_cluster_blocks():
         index.pad(rows)
     with pytest.raises(ValueError, match="padded_blocks"):
         index.row_mean(values)
+
+
+def test_block_layout_lays_out_a_whole_epoch_as_padded_blocks_would_each_batch():
+    # Four batches of rows sorted by cluster: equal enough (padded), unequal (left as is),
+    # with an absent middle cluster (padded) and with an absent last one (unequal). Each batch's slice of the
+    # epoch layout must hold the rows, index, noise layout and weights that padded_blocks()
+    # and pad() give that batch alone.
+    counts = [[3, 2, 3], [6, 1, 1], [3, 0, 3], [3, 1, 0]]
+    layout = block_layout(counts, max_padding=0.5)
+    assert layout.blocks == [3, 0, 3, 0] and layout.lengths == [9, 8, 9, 4]
+    assert layout.starts == [0, 9, 17, 26]
+    assert layout.source.tolist() == [0, 1, 2, 3, 4, 4, 5, 6, 7,  # 3 / 2 (+1 copy) / 3
+                                      *range(8, 16),  # 8 rows, 6 / 1 / 1: 112 % padding, unpadded
+                                      16, 17, 18, 19, 19, 19, 19, 20, 21,  # the empty cluster copies the next row
+                                      22, 23, 24, 25]  # 3 / 1 / 0 would be 9 rows for 4: unpadded
+    offset = 0
+    for b, batch in enumerate(counts):
+        n = sum(batch)
+        rows = torch.arange(offset, offset + n, dtype=torch.float32).unsqueeze(1)
+        ids = torch.repeat_interleave(torch.arange(3), torch.tensor(batch))
+        index = layout.index(b, batch, ids)
+        alone = ClusterIndex.grouped(batch, 3).padded_blocks(0.5)
+        s, e = layout.starts[b], layout.starts[b] + layout.lengths[b]
+        if alone is None:
+            assert index.is_grouped and not index.is_padded and index.counts == tuple(batch)
+            assert layout.source[s:e].tolist() == rows.squeeze(1).long().tolist()
+            assert not layout.weights[s:e].any()
+        else:
+            assert index.is_padded and index.block == alone.block and index.counts == alone.counts
+            assert layout.source[s:e].tolist() == alone.pad(rows).squeeze(1).long().tolist()
+            assert torch.equal(index.pad(rows), alone.pad(rows))
+            values = torch.rand(e - s, generator=torch.Generator().manual_seed(b))
+            assert torch.equal(index._pad_layout[1], alone._pad_layout[1])
+            torch.testing.assert_close(index.row_mean(values), alone.row_mean(values))
+        offset += n
+    # 2 / 2 / 0: 6 rows for 4, exactly the 50 % allowed; the empty last block copies the last row.
+    wide = block_layout([[2, 2, 0]], max_padding=0.5)
+    assert wide.blocks == [2] and wide.source.tolist() == [0, 1, 2, 3, 3, 3]
+    assert wide.weights.tolist() == [0.25] * 4 + [0.0] * 2
 
 
 def test_padded_blocks_give_the_segment_products_and_their_gradients():

@@ -17,7 +17,7 @@ from ciss_autoimpute.models.base import ImputationModel, LossOutput
 from ciss_autoimpute.models.families._common import LatentModel
 from ciss_autoimpute.models.families.cissvae import layer_order
 from ciss_autoimpute.models.families.vae import VAE
-from ciss_autoimpute.models.layers import ClusterIndex
+from ciss_autoimpute.models.layers import ClusterIndex, block_layout
 from ciss_autoimpute.models.likelihoods import DF_MIN, MixedLikelihood, standard_gamma
 from ciss_autoimpute.models.registry import available_models, build_model, get_model_class, register_model
 from ciss_autoimpute.tuning.params import Categorical, Fixed, Float, Int
@@ -864,6 +864,47 @@ def test_cissvae_trains_on_padded_cluster_blocks_with_the_segment_paths_values(m
     model.impute(x, mask, clusters)
     model.sample_imputations(x, mask, clusters, 2, generator=gen(6))
     assert len(calls) == 4
+
+
+def test_cissvae_loss_takes_a_batch_laid_out_in_blocks_by_the_caller(monkeypatch):
+    # The Trainer lays a whole epoch out at once (block_layout) and hands the loss each batch
+    # already padded, with an index of its blocks: loss, parts and gradients must be those of
+    # the loss padding the grouped batch itself, and the padding rows must count nowhere.
+    calls = _blocks_calls(monkeypatch)
+    x, mask, _, _ = mixed_batch(60)
+    counts = [22, 19, 19]
+    grouped = ClusterIndex.grouped(counts, 3)
+    model = build("cissvae", n_clusters=3, seed=3)
+    assert model.batch_padding(torch.device("cpu")) == 0.2
+    ref = model.loss(x, mask, grouped, generator=gen(5))
+    ref_grads = torch.autograd.grad(ref.loss, list(model.parameters()))
+    layout = block_layout([counts], model.max_padding)
+    index = layout.index(0, counts)
+    assert index.is_padded and layout.lengths == [66]
+    rows = layout.local
+    out = model.loss(x[rows], mask[rows], index, generator=gen(5))
+    grads = torch.autograd.grad(out.loss, list(model.parameters()))
+    assert calls == [22] * 8  # the four cluster-specific layers, twice
+    torch.testing.assert_close(out.loss, ref.loss)
+    for k in ref.parts:
+        torch.testing.assert_close(out.parts[k], ref.parts[k])
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    # Whatever the padding rows (the copies ending blocks 1 and 2) hold, the loss does not change.
+    is_copy = torch.zeros(66, dtype=torch.bool)
+    is_copy[22 + 19:44] = is_copy[44 + 19:] = True
+    noisy = x[rows].clone()
+    noisy[is_copy] = 1e3
+    torch.testing.assert_close(model.loss(noisy, mask[rows], index, generator=gen(5)).loss, ref.loss)
+    # The index must describe the rows it is given.
+    with pytest.raises(ValueError, match="describes 66 rows"):
+        model.loss(x, mask, index, generator=gen(5))
+    # Families whose loss does not lay rows out in blocks say so.
+    assert build("cissvae", n_clusters=1).batch_padding(torch.device("cpu")) is None
+    assert build("vae").batch_padding(torch.device("cpu")) is None
+    assert build("miwae", n_clusters=3).batch_padding(torch.device("cpu")) is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.batch_padding(torch.device("cpu")) is None
 
 
 def test_padded_blocks_draw_the_same_noise_per_row():

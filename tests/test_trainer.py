@@ -8,6 +8,7 @@ held in a buffer, so tests can dictate each loop's score exactly).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 
@@ -347,6 +348,46 @@ def test_batches_come_sorted_by_cluster_when_the_model_asks_and_hold_the_same_ro
             assert torch.equal(rows[ids == c], plain_rows[plain_ids == c])
     if n_clusters > 1:
         assert any(not torch.equal(a[0], b[0]) for a, b in zip(seen[True], seen[False]))
+
+
+def test_cissvae_epochs_laid_out_in_padded_blocks_train_as_the_segment_products_do(monkeypatch):
+    # Batches whose clusters are about equally large reach the loss already in padded cluster
+    # blocks, laid out once per epoch; the rest stay grouped. Epoch losses (means over the real
+    # rows) and the trained weights must be those of the per-segment path (max_padding=None).
+    from ciss_autoimpute.models.registry import build_model
+
+    n, d, n_clusters = 150, 4, 3
+    data = make_data(n, d, n_clusters=n_clusters, seed=2)
+    # Cluster sizes vary from batch to batch; the last batch (22 rows) is mostly cluster 0.
+    ids = torch.randint(0, n_clusters, (n,), generator=torch.Generator().manual_seed(1))
+    data = dataclasses.replace(data, clusters=ids)
+    seen: list[tuple[bool, int, int]] = []
+    config = TrainConfig(epochs=3, batch_size=32, lr=1e-2)
+    runs = {}
+    for padding in (0.2, None):
+        model = build_model("cissvae", data.layout, n_clusters, {"hidden_dims": [8, 6], "latent_dim": 2}, seed=0)
+        model.max_padding = padding
+        loss = model.loss
+
+        def spy(x, mask, clusters, *, generator=None, loss=loss):
+            if padding is not None:
+                seen.append((clusters.is_padded, x.shape[0], sum(clusters.counts)))
+            return loss(x, mask, clusters, generator=generator)
+
+        monkeypatch.setattr(model, "loss", spy)
+        runs[padding] = Trainer(model, config, RefitConfig(max_loops=0), seed=4, device="cpu").fit(data)
+    assert len(seen) == 3 * 5
+    padded = [(rows, real) for is_padded, rows, real in seen if is_padded]
+    assert padded and len(padded) < len(seen)
+    assert all(rows > real and rows % n_clusters == 0 for rows, real in padded)
+    assert all(rows == real for is_padded, rows, real in seen if not is_padded)
+    assert sorted(real for _, _, real in seen[:5]) == [22, 32, 32, 32, 32]
+    blocks, segments = runs[0.2], runs[None]
+    for a, b in zip(blocks.epoch_history, segments.epoch_history):
+        for key in ("loss", "nll", "kl"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5), key
+    for k, v in blocks.best_state.items():
+        torch.testing.assert_close(v, segments.best_state[k], rtol=1e-4, atol=1e-5)
 
 
 #: Tensor methods that read a value back to the host: each one waits for the device (on a GPU).

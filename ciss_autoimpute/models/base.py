@@ -113,6 +113,19 @@ class ImputationModel(nn.Module, abc.ABC):
         """
         return False
 
+    def batch_padding(self, device: torch.device) -> float | None:
+        """Largest share of padding rows for batches handed to :meth:`loss` in padded cluster blocks.
+
+        None (the default) when the loss takes batches only as they are. A float means
+        the loss also accepts a batch already laid out in equal cluster blocks, with a
+        :class:`~ciss_autoimpute.models.layers.ClusterIndex` of those blocks as
+        ``clusters`` (:meth:`ClusterIndex.laid_out`), and averages over its real rows:
+        the :class:`~ciss_autoimpute.training.Trainer` then lays a whole epoch out at once
+        (:func:`~ciss_autoimpute.models.layers.block_layout`) instead of the loss padding
+        every batch. Asked once per epoch, under the training precision's autocast.
+        """
+        return None
+
     layout: FeatureLayout
     n_clusters: int
     seed: int

@@ -40,6 +40,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -47,9 +48,11 @@ from torch.nn import functional as F
 
 __all__ = [
     "ACTIVATIONS",
+    "BlockLayout",
     "ClusterIndex",
     "ClusterLinear",
     "MLP",
+    "block_layout",
     "normalise_layer_order",
     "make_activation",
 ]
@@ -254,7 +257,7 @@ class ClusterIndex:
 
     @functools.cached_property
     def _pad_layout(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(source row of every padded row, 1.0 on real rows and 0.0 on padding), built on the device."""
+        """(source row of every padded row, ``1 / rows`` on real rows and 0.0 on padding), on the device."""
         counts = self.counts
         starts = [0]
         for c in counts[:-1]:
@@ -264,7 +267,25 @@ class ClusterIndex:
         j = torch.arange(self.block, device=self._device)
         # Row j of block c copies row start_c + min(j, size_c - 1); clamped for empty last clusters.
         source = torch.minimum(j, (size - 1).clamp_(min=0)).add_(start).clamp_(max=sum(counts) - 1).view(-1)
-        return source, (j < size).view(-1).float()
+        return source, (j < size).view(-1).float().div_(sum(counts))
+
+    @classmethod
+    def laid_out(
+        cls, counts: Sequence[int], block: int, source: torch.Tensor, weights: torch.Tensor
+    ) -> "ClusterIndex":
+        """An index of padded blocks whose layout was built by the caller (see :func:`block_layout`).
+
+        ``counts`` are the batch's rows per cluster, ``block`` the rows per block
+        (``max(counts)``), ``source`` the real row each padded row copies and ``weights``
+        ``1 / sum(counts)`` on real rows and 0.0 on padding, as :meth:`pad` and
+        :meth:`row_mean` use them. No check is made: the :class:`~ciss_autoimpute.training.Trainer`
+        lays out a whole epoch at once and hands each batch its slices.
+        """
+        index = cls(None, len(counts), source.device)
+        index.block = int(block)
+        index.__dict__["counts"] = tuple(counts)
+        index.__dict__["_pad_layout"] = (source, weights)
+        return index
 
     def pad(self, values: torch.Tensor) -> torch.Tensor:
         """Rows (axis -2) of a grouped batch in this index's padded block layout."""
@@ -277,7 +298,9 @@ class ClusterIndex:
         if self.block is None:
             raise ValueError("row_mean() needs an index of padded blocks; build one with padded_blocks().")
         weights = self._pad_layout[1]
-        return (values * weights.to(values.dtype)).sum(-1) / sum(self.counts)
+        # One product with weights already divided by the row count: one op (and one autograd
+        # node) where a multiply, a sum and a division took three.
+        return torch.matmul(values, weights if weights.dtype == values.dtype else weights.to(values.dtype))
 
     @classmethod
     def build(cls, clusters: torch.Tensor, n_clusters: int) -> "ClusterIndex":
@@ -316,6 +339,96 @@ class ClusterIndex:
         if repeats == 1 or self.is_grouped or self.block is not None:
             return self
         return ClusterIndex(self.clusters.repeat(repeats), self.n_clusters)
+
+
+class BlockLayout(NamedTuple):
+    """An epoch of cluster-sorted batches laid out in padded cluster blocks (see :func:`block_layout`).
+
+    ``source``, ``local`` and ``weights`` have one entry per laid-out row: the row of the
+    epoch's batch-and-cluster-sorted order it copies, the same row counted from its
+    batch's first row, and ``1 / rows of the batch`` on real rows (0.0 on padding and
+    in batches left unpadded). Batch ``b`` is the laid-out rows
+    ``starts[b] : starts[b] + lengths[b]``; ``blocks[b]`` is its rows per block, 0 when
+    the batch is left as it is (its clusters too unequal for the padding to pay).
+    """
+
+    source: torch.Tensor
+    local: torch.Tensor
+    weights: torch.Tensor
+    starts: list[int]
+    lengths: list[int]
+    blocks: list[int]
+
+    def index(self, b: int, counts: Sequence[int], ids: torch.Tensor | None = None) -> ClusterIndex:
+        """Batch ``b``'s index: of padded blocks when ``blocks[b]``, else grouped (``ids`` its sorted ids)."""
+        block = self.blocks[b]
+        if not block:
+            return ClusterIndex.grouped(counts, len(counts), ids)
+        s, e = self.starts[b], self.starts[b] + self.lengths[b]
+        return ClusterIndex.laid_out(counts, block, self.local[s:e], self.weights[s:e])
+
+
+def block_layout(
+    counts: Sequence[Sequence[int]], max_padding: float, device: torch.device | str | None = None
+) -> BlockLayout:
+    """Lay every batch of an epoch out in padded cluster blocks where that pays.
+
+    Parameters
+    ----------
+    counts
+        Rows of each cluster in each batch (``[batches][clusters]``), the epoch's rows
+        sorted by batch and, within a batch, by cluster.
+    max_padding
+        As in :meth:`ClusterIndex.padded_blocks`: a batch is padded when its
+        ``clusters * max(counts)`` rows are at most ``1 + max_padding`` times its rows.
+    device
+        Where the index tensors are made.
+
+    Returns
+    -------
+    BlockLayout
+        Per batch, the same rows :meth:`ClusterIndex.padded_blocks` and
+        :meth:`ClusterIndex.pad` would give it (or the batch unchanged), built for the
+        whole epoch in a few vectorised operations: gathering the epoch's rows with
+        ``source`` once replaces a layout and two pads per training step.
+
+    Examples
+    --------
+    >>> layout = block_layout([[2, 1], [3, 0]], max_padding=0.5)
+    >>> layout.source.tolist(), layout.blocks
+    ([0, 1, 2, 2, 3, 4, 5], [2, 0])
+    """
+    n_clusters = len(counts[0]) if counts else 0
+    blocks: list[int] = []
+    lengths: list[int] = []
+    group_rows: list[int] = []
+    for batch in counts:
+        n, block = sum(batch), max(batch, default=0)
+        padded = n_clusters >= 2 and n > 0 and n_clusters * block <= (1.0 + max_padding) * n
+        blocks.append(block if padded else 0)
+        lengths.append(n_clusters * block if padded else n)
+        group_rows.extend([block] * n_clusters if padded else batch)
+    starts = [0]
+    for length in lengths[:-1]:
+        starts.append(starts[-1] + length)
+    sizes = torch.tensor(counts, dtype=torch.long, device=device).view(len(counts), n_clusters)
+    rows = sizes.sum(1)
+    # Per (batch, cluster) group: its first row counted from the batch's first row, the
+    # batch's first row in the sorted epoch, and the batch's rows.
+    group_start = (sizes.cumsum(1) - sizes).view(-1)
+    batch_start = (rows.cumsum(0) - rows).repeat_interleave(n_clusters)
+    batch_rows = rows.repeat_interleave(n_clusters)
+    out_rows = torch.tensor(group_rows, dtype=torch.long, device=device)
+    group = torch.repeat_interleave(torch.arange(out_rows.numel(), device=device), out_rows)
+    j = torch.arange(group.numel(), device=device) - (out_rows.cumsum(0) - out_rows)[group]
+    size = sizes.view(-1)[group]
+    # Row j of a group copies the group's row min(j, size - 1); an empty group copies the row
+    # after it, the last row of the batch at most (as ClusterIndex.pad does).
+    local = torch.minimum(torch.minimum(j, (size - 1).clamp_(min=0)) + group_start[group], batch_rows[group] - 1)
+    weights = (j < size).float().div_(batch_rows[group])
+    padded_batch = torch.tensor([b > 0 for b in blocks], dtype=torch.bool, device=device)
+    weights.mul_(padded_batch.repeat_interleave(n_clusters)[group])
+    return BlockLayout(local + batch_start[group], local, weights, starts, lengths, blocks)
 
 
 def _uniform_(tensor: torch.Tensor, bound: float, generator: torch.Generator) -> None:
@@ -410,8 +523,8 @@ class ClusterLinear(nn.Module):
             ``[..., n, out_features]``.
         """
         out = self._product(x, clusters)
-        # .float() returns a float32 tensor itself, so the float32 path is unchanged.
-        return out.float() if self.float_output else out
+        # Float32 products skip the call (a no-op .float() still costs a dispatch).
+        return out.float() if self.float_output and out.dtype != torch.float32 else out
 
     def _product(self, x: torch.Tensor, clusters: torch.Tensor | ClusterIndex | None) -> torch.Tensor:
         if self.shared:

@@ -273,18 +273,26 @@ class LatentModel(ImputationModel):
         index = ClusterIndex.grouped(counts, self.n_clusters, device=clusters.device)
         return x.index_select(0, order), mask.index_select(0, order), index, order
 
-    def padded_blocks(self, index: ClusterIndex | None, device: torch.device) -> ClusterIndex | None:
-        """``index``'s padded block layout (:meth:`ClusterIndex.padded_blocks`) when it pays, else None.
+    def batch_padding(self, device: torch.device) -> float | None:
+        """:attr:`max_padding` when this model's loss lays batches out in padded cluster blocks, else None.
 
-        None when no layer is cluster-specific, :attr:`max_padding` is None, the
-        clusters of the batch are too unequal, or under CPU autocast (``bf16-mixed``),
-        where oneDNN would compile a batched kernel for every new block size.
+        None when the loss does not group rows by cluster, no layer is cluster-specific,
+        :attr:`max_padding` is None, or under CPU autocast (``bf16-mixed``), where oneDNN
+        would compile a batched kernel for every new block size.
         """
-        if index is None or self.max_padding is None:
+        if not self.sorts_batches_by_cluster or self.max_padding is None:
             return None
         if device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             return None
-        return index.padded_blocks(self.max_padding, device)
+        return self.max_padding
+
+    def padded_blocks(self, index: ClusterIndex | None, device: torch.device) -> ClusterIndex | None:
+        """``index``'s padded block layout (:meth:`ClusterIndex.padded_blocks`) when it pays, else None.
+
+        None also whenever :meth:`batch_padding` is (see there).
+        """
+        padding = None if index is None else self.batch_padding(device)
+        return None if padding is None else index.padded_blocks(padding, device)
 
     def encode(
         self, x: torch.Tensor, index: ClusterIndex | None = None

@@ -10,6 +10,7 @@ from ...data.layout import FeatureLayout
 from ...tuning.params import Categorical, Float, Param
 from ..base import LossOutput
 from ..bounds import elbo_analytic, gaussian_kl
+from ..layers import ClusterIndex
 from ..registry import register_model
 from ._common import (
     LatentModel,
@@ -111,23 +112,29 @@ class VAE(LatentModel):
     ) -> LossOutput:
         self.check_batch(x, mask, clusters)
         g = default_generator(x.device, generator)
-        # Rows sorted by cluster once for all cluster-specific layers (no-op when all
-        # are shared); the loss is a mean over rows, so their order does not matter.
-        x, mask, index, order = self.group_rows(x, mask, clusters)
-        # Clusters of about equal size in the batch: equal padded blocks, one batched product
-        # per cluster-specific layer; the padding rows are left out of the means.
-        blocks = self.padded_blocks(index, x.device)
-        if blocks is not None:
-            x, mask, index = blocks.pad(x), blocks.pad(mask), blocks
+        if isinstance(clusters, ClusterIndex) and clusters.is_padded:
+            # The Trainer's epoch layout: x and mask come already in these padded blocks.
+            blocks = index = clusters
+            order = None
+        else:
+            # Rows sorted by cluster once for all cluster-specific layers (no-op when all
+            # are shared); the loss is a mean over rows, so their order does not matter.
+            x, mask, index, order = self.group_rows(x, mask, clusters)
+            # Clusters of about equal size in the batch: equal padded blocks, one batched
+            # product per cluster-specific layer; the padding rows are left out of the means.
+            blocks = self.padded_blocks(index, x.device)
+            if blocks is not None:
+                x, mask, index = blocks.pad(x), blocks.pad(mask), blocks
         mu, logvar = self.encode(x, index)
         z = self.reparameterise(mu, logvar, g, order=order, blocks=blocks)
         log_px = self.likelihood.log_prob(self.decode(z, index), x, mask)
         kl = gaussian_kl(mu, logvar)
         bound = elbo_analytic(log_px, kl, float(self.beta))
         mean = torch.mean if blocks is None else blocks.row_mean
+        # The parts are reports: averaged outside the graph.
         return LossOutput(
             loss=-mean(bound),
-            parts={"nll": -mean(log_px).detach(), "kl": mean(kl).detach()},
+            parts={"nll": -mean(log_px.detach()), "kl": mean(kl.detach())},
         )
 
     # ------------------------------------------------------------------ imputation
