@@ -29,7 +29,10 @@ layer is then one batched product (``baddbmm``) over ``[clusters, block rows, in
 with torch's own backward, instead of one product per segment in a Python loop; the
 padding rows are computed and then left out of every sum by the caller. The VAE family's
 loss does this when padding adds at most a fifth of the rows (see
-``docs/bench_speed.md``, "Padded cluster blocks").
+``docs/bench_speed.md``, "Padded cluster blocks"). In training the
+:class:`~ciss_autoimpute.training.Trainer` lays out a whole epoch's batches at once
+(:func:`block_layout`) and hands each one to the loss already padded, with an index of its
+blocks (:meth:`ClusterIndex.laid_out`), so no step builds a layout or pads a batch.
 
 All weights are initialised from an explicit ``torch.Generator``; nothing here reads
 the global random state.
