@@ -3,9 +3,10 @@
 Every case runs in a fresh child process (so its peak RSS is its own and thread
 settings cannot leak between cases) on synthetic data: ``rows x cols`` numeric
 columns drawn from an 8-factor linear model plus noise, 30 % of cells missing
-completely at random, rows split at random into 4 clusters (MCAR data has no
-missingness structure to cluster on, and the cluster-specific layers need clusters
-to route), 10 % of the observed cells held out for validation.
+completely at random, rows split at random into 4 equally likely clusters (MCAR
+data has no missingness structure to cluster on, and the cluster-specific layers
+need clusters to route; ``--cluster-shares`` draws clusters of unequal size), 10 %
+of the observed cells held out for validation.
 
 What is measured
 ----------------
@@ -28,13 +29,14 @@ What is measured
   backward, divided by the epoch time. Beside it, in the same child process (half
   of the blocks before training, half after), the rate of plain ``addmm`` + two
   ``mm`` (forward + the two backward products) on tensors of the same shapes,
-  whole batches (cluster-specific layers are timed as one shared product, the
-  faster reference, and the one the targets are judged on). Beside it a second
-  reference, *as run*, times the products the layers really multiply: one per
-  cluster's row segment in a cluster-specific layer, or one per equal padded cluster
-  block where the loss lays the batch out in blocks (``segment_shapes``), so the gap
-  to it is time spent outside the products. The FLOPs counted are the real rows'
-  only (``useful_rows``): padding rows are work done, not work wanted.
+  whole batches (cluster-specific layers are timed as one shared product; the
+  targets are judged on this reference). Beside it a second reference, *as run*,
+  times the products the layers really multiply: one per cluster's row segment in a
+  cluster-specific layer, or one batched product (``baddbmm`` / ``bmm``) over the
+  equal padded cluster blocks where the batch is laid out in blocks
+  (``segment_shapes``), so the gap to it is time spent outside the products. The
+  FLOPs counted are the real rows' only (``useful_rows``): padding rows are work
+  done, not work wanted.
 * **Cluster-specific vs shared**: ``cissvae`` with every layer unshared against
   every layer shared (4 clusters, default widths).
 * **CISS-VAE package**: ``train_vae_initial`` of the ``ciss-vae`` package, run by
@@ -138,10 +140,13 @@ def package_settings() -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 # ============================================================================ shared by both venvs
-def make_data(n_rows: int, n_cols: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def make_data(n_rows: int, n_cols: int, seed: int,
+              cluster_shares: list[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Correlated numeric data with 30 % MCAR cells (NaN) and random cluster labels.
 
-    Pure numpy, so the package's venv builds exactly the same array.
+    The labels are drawn uniformly from ``N_CLUSTERS`` clusters, or with probabilities
+    proportional to ``cluster_shares`` (one per cluster). Pure numpy, so the package's
+    venv builds exactly the same array.
     """
     rng = np.random.default_rng(seed)
     n_factors = 8
@@ -151,7 +156,11 @@ def make_data(n_rows: int, n_cols: int, seed: int) -> tuple[np.ndarray, np.ndarr
     del factors
     x += np.float32(0.5) * rng.standard_normal((n_rows, n_cols), dtype=np.float32)
     x[rng.random((n_rows, n_cols), dtype=np.float32) < MISSING] = np.nan
-    clusters = rng.integers(0, N_CLUSTERS, n_rows)
+    if cluster_shares is None:
+        clusters = rng.integers(0, N_CLUSTERS, n_rows)
+    else:
+        p = np.asarray(cluster_shares, dtype=np.float64)
+        clusters = rng.choice(len(p), size=n_rows, p=p / p.sum())
     return x, clusters
 
 
@@ -192,7 +201,7 @@ def child_ours(spec: dict[str, Any]) -> dict[str, Any]:
 
     load = os.getloadavg()[0]
     start = time.perf_counter()
-    x, labels = make_data(spec["rows"], spec["cols"], spec["seed"])
+    x, labels = make_data(spec["rows"], spec["cols"], spec["seed"], spec.get("cluster_shares"))
     ds = ClusterDataset(x, clusters=labels, val_proportion=VAL_PROPORTION, seed=spec["seed"], device="cpu")
     del x
     data_seconds = time.perf_counter() - start
@@ -204,7 +213,7 @@ def child_ours(spec: dict[str, Any]) -> dict[str, Any]:
     shapes: list[tuple[int, int, int]] = []
     # The same products as the layers run them: a cluster-specific layer multiplies one row
     # segment per cluster, not the whole batch.
-    run_shapes: list[tuple[int, int, int]] = []
+    run_shapes: list[tuple[int, ...]] = []
 
     def hook(module: Any, inputs: tuple, output: Any) -> None:
         rows = inputs[0].numel() // module.in_features
@@ -302,13 +311,15 @@ def useful_rows(inputs: tuple, rows: int) -> int:
     return rows
 
 
-def segment_shapes(module: Any, inputs: tuple, rows: int) -> list[tuple[int, int, int]]:
+def segment_shapes(module: Any, inputs: tuple, rows: int) -> list[tuple[int, ...]]:
     """``(rows, in, out)`` of the products a ``ClusterLinear`` call runs.
 
     A shared layer (or a call without a cluster index) multiplies all ``rows`` at once;
     a cluster-specific one called with a :class:`ClusterIndex` multiplies each cluster's
     rows separately (any leading sample axes included: ``rows`` counts them), and with
-    padded cluster blocks one block of equal rows per cluster, padding included.
+    padded cluster blocks one batched product over equal blocks, one per cluster, padding
+    included: ``(rows per block, in, out, blocks)``, timed as the layer runs it
+    (``baddbmm`` / ``bmm``; separate products of the blocks run slower on two threads).
     """
     from ciss_autoimpute.models.layers import ClusterIndex
 
@@ -317,7 +328,7 @@ def segment_shapes(module: Any, inputs: tuple, rows: int) -> list[tuple[int, int
     if module.shared or not isinstance(index, ClusterIndex):
         return [(rows, *shape)]
     if index.is_padded:
-        return [(rows // module.n_clusters, *shape)] * module.n_clusters
+        return [(rows // module.n_clusters, *shape, module.n_clusters)]
     if not index.is_grouped and rows * module.n_clusters * shape[0] * shape[1] <= module.all_clusters_max_work:
         # Small layers multiply every row by every cluster's weight: whole-row products.
         return [(rows, *shape)]
@@ -328,6 +339,14 @@ def segment_shapes(module: Any, inputs: tuple, rows: int) -> list[tuple[int, int
     return [(c * per_row, *shape) for c in counts if c]
 
 
+def clusters_text(shares: list[float] | None) -> str:
+    """How the report describes the cluster labels."""
+    if shares is None:
+        return f"{N_CLUSTERS} random clusters"
+    total = sum(shares)
+    return f"{len(shares)} random clusters with shares {' / '.join(f'{v / total:.0%}' for v in shares)}"
+
+
 class _TimingDone(Exception):
     """Raised by the timing callback to end a run once its epochs are timed."""
 
@@ -336,26 +355,35 @@ class MatmulReference:
     """Plain forward + backward matrix products of given ``(rows, in, out)`` shapes.
 
     One "step" is, per shape, ``addmm(bias, x, w)`` (forward), ``dy @ w.T`` (input
-    gradient) and ``x.T @ dy`` (weight gradient): ``6 * rows * in * out`` FLOPs.
+    gradient) and ``x.T @ dy`` (weight gradient): ``6 * rows * in * out`` FLOPs. A shape
+    ``(rows, in, out, blocks)`` is a batched product over ``blocks`` equal blocks, timed
+    as ``baddbmm`` and two ``bmm``: ``6 * blocks * rows * in * out`` FLOPs.
     """
 
-    def __init__(self, shapes: list[tuple[int, int, int]], torch: Any) -> None:
+    def __init__(self, shapes: list[tuple[int, ...]], torch: Any) -> None:
         g = torch.Generator().manual_seed(0)
-        self.tensors = [
-            (torch.randn(r, i, generator=g), torch.randn(i, o, generator=g), torch.randn(o, generator=g),
-             torch.randn(r, o, generator=g))
-            for r, i, o in shapes
-        ]
-        self.flops_per_step = 6.0 * sum(r * i * o for r, i, o in shapes)
+        self.torch = torch
+        self.tensors = []
+        for rows, n_in, n_out, *blocks in shapes:  # blocks: [] or [number of blocks]
+            self.tensors.append((torch.randn(*blocks, rows, n_in, generator=g),
+                                 torch.randn(*blocks, n_in, n_out, generator=g),
+                                 torch.randn(*blocks, *[1] * len(blocks), n_out, generator=g),
+                                 torch.randn(*blocks, rows, n_out, generator=g)))
+        self.flops_per_step = 6.0 * sum(math.prod(shape) for shape in shapes)
         self.rates: list[float] = []
         self.cpu_rates: list[float] = []
         self.step()  # warm-up
 
     def step(self) -> None:
         for x, w, b, dy in self.tensors:
-            b.addmm(x, w)
-            dy.mm(w.t())
-            x.t().mm(dy)
+            if x.dim() == 3:
+                self.torch.baddbmm(b, x, w)
+                self.torch.bmm(dy, w.transpose(1, 2))
+                self.torch.bmm(x.transpose(1, 2), dy)
+            else:
+                b.addmm(x, w)
+                dy.mm(w.t())
+                x.t().mm(dy)
 
     def run(self, seconds: float, blocks: int = 3) -> None:
         """Append the GFLOP/s of ``blocks`` timed blocks of about ``seconds / blocks`` each."""
@@ -395,7 +423,7 @@ def child_package(spec: dict[str, Any]) -> dict[str, Any]:
         package_version = "?"
     load = os.getloadavg()[0]
     start = time.perf_counter()
-    x, labels = make_data(spec["rows"], spec["cols"], spec["seed"])
+    x, labels = make_data(spec["rows"], spec["cols"], spec["seed"], spec.get("cluster_shares"))
     ds = ClusterDataset(data=x, cluster_labels=labels, val_proportion=VAL_PROPORTION, val_seed=spec["seed"])
     del x
     data_seconds = time.perf_counter() - start
@@ -534,6 +562,11 @@ def main(argv: list[str] | None = None) -> int:
                              "many times, the children alternating (ours and the package's; one family after "
                              "another), and report each run and the medians (default 1). The machine's speed "
                              "drifts between child processes; alternating puts every side under the same drift.")
+    parser.add_argument("--cluster-shares", type=float, nargs="+", default=None, metavar="SHARE",
+                        help=f"draw the rows' cluster labels with these relative frequencies, one per cluster "
+                             f"(e.g. 0.5 0.25 0.15 0.1), instead of {N_CLUSTERS} equally likely clusters. Clusters of "
+                             "unequal size train CISS-VAE's cluster-specific layers one product per cluster "
+                             "segment instead of in padded blocks")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench_speed_report.md",
                         help="Markdown file written with the results (default bench_speed_report.md in the "
@@ -552,6 +585,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("threads", "cols", "batch_size", "epochs", "epochs_large"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.cluster_shares is not None and (len(args.cluster_shares) < 2 or min(args.cluster_shares) <= 0):
+        parser.error(f"--cluster-shares needs two or more positive numbers, got {args.cluster_shares}")
     if any(r < 2 for r in args.rows):
         parser.error(f"--rows must all be >= 2, got {args.rows}")
     rows = sorted({r for r in args.rows if not args.quick or r <= 100_000})
@@ -575,6 +610,7 @@ def main(argv: list[str] | None = None) -> int:
              stop: bool = True, epochs: int | None = None) -> dict[str, Any]:
         return {
             "kind": "ours", "family": family, "rows": n, "cols": args.cols, "seed": args.seed,
+            "cluster_shares": args.cluster_shares,
             "threads": args.threads, "epochs": epochs or epochs_for(n),
             "batch_size": batch_size or args.batch_size, "val_every": val_every,
             "params": params or {}, "train": {**(train or {}), "precision": args.precision}, "reference": reference,
@@ -616,6 +652,7 @@ def main(argv: list[str] | None = None) -> int:
                              {**spec, "repeat": repeat}))
             if args.cissvae_python:
                 spec = {"kind": "package", "rows": n, "cols": args.cols, "seed": args.seed,
+                        "cluster_shares": args.cluster_shares,
                         "threads": args.threads, "epochs": epochs_for(n), "repeat": repeat}
                 plan.append(("pkg-theirs", f"ciss-vae package {fmt_rows(n)}{tag}", args.cissvae_python, spec))
     if args.memory_rows and "memory" in args.sections:
@@ -702,7 +739,7 @@ def _as_run_verdict(runs: list[dict[str, Any]], judged: Callable[[float, float],
     ratios = [_as_run_ratios(r) for r in runs]
     if any(x is None for x in ratios) or all(r["run_linear_shapes"] == r["linear_shapes"] for r in runs):
         return ""
-    return "; against the products as run (one per cluster segment or block): " + _verdict(ratios, judged, basis)
+    return "; against the products as run (one per cluster segment, or batched over padded blocks): " + _verdict(ratios, judged, basis)
 
 
 def _as_run_cells(r: dict[str, Any]) -> str:
@@ -737,7 +774,7 @@ def render(args: argparse.Namespace, argv: list[str] | None, info: dict[str, Any
         "ratio is measured in the same process as the training it is compared with.",
         "",
         f"Data: {args.cols} numeric columns, 8-factor linear model + noise, {MISSING:.0%} MCAR, "
-        f"{N_CLUSTERS} random clusters, {VAL_PROPORTION:.0%} of observed cells held out; seed {args.seed}.",
+        f"{clusters_text(args.cluster_shares)}, {VAL_PROPORTION:.0%} of observed cells held out; seed {args.seed}.",
         "",
     ]
 
@@ -786,7 +823,7 @@ def render(args: argparse.Namespace, argv: list[str] | None, info: dict[str, Any
     shared, unshared = by("layers-shared"), by("layers-unshared")
     if shared:
         lines += [
-            "## cissvae: cluster-specific vs shared layers (4 clusters, default widths)",
+            f"## cissvae: cluster-specific vs shared layers ({clusters_text(args.cluster_shares)}, default widths)",
             "",
             "| rows | all shared s / epoch | all unshared s / epoch | unshared / shared "
             "| CPU s / epoch: shared / unshared | CPU unshared / shared |",

@@ -127,15 +127,46 @@ def test_segment_shapes_are_the_products_a_layer_runs(script):
     assert script.segment_shapes(unshared, (torch.zeros(30, 50), ClusterIndex.build(small, 4)), 30) == [(30, 50, 128)]
     shared = ClusterLinear(50, 128, n_clusters=4, shared=True)
     assert script.segment_shapes(shared, (torch.zeros(60, 50), grouped), 60) == [(60, 50, 128)]
-    # Padded cluster blocks (the VAE loss's layout): one block of equal rows per cluster, padding
-    # included in the products as run; the FLOPs counted are the real rows' only.
+    # Padded cluster blocks (the VAE loss's layout): one batched product over equal blocks, one per
+    # cluster, padding included in the products as run; the FLOPs counted are the real rows' only.
     blocks = ClusterIndex.grouped([25, 28, 30, 27], 4).padded_blocks(0.2)
-    assert script.segment_shapes(unshared, (torch.zeros(120, 50), blocks), 120) == [(30, 50, 128)] * 4
+    assert script.segment_shapes(unshared, (torch.zeros(120, 50), blocks), 120) == [(30, 50, 128, 4)]
     assert script.segment_shapes(shared, (torch.zeros(120, 50), blocks), 120) == [(120, 50, 128)]
     assert script.useful_rows((torch.zeros(120, 50), blocks), 120) == 110
     assert script.useful_rows((torch.zeros(3, 120, 50), blocks), 360) == 330
     assert script.useful_rows((torch.zeros(60, 50), grouped), 60) == 60
     assert script.useful_rows((torch.zeros(60, 50),), 60) == 60
+
+
+def test_cluster_shares_draw_clusters_of_unequal_size(script):
+    x, equal = script.make_data(20_000, 5, 0)
+    x2, unequal = script.make_data(20_000, 5, 0, [0.5, 0.25, 0.15, 0.1])
+    # Same values and missing cells either way; only the labels change.
+    assert ((x == x2) | (x != x)).all()
+    assert abs(sorted(script.np.bincount(equal) / 20_000)[0] - 0.25) < 0.02
+    assert script.np.allclose(script.np.bincount(unequal) / 20_000, [0.5, 0.25, 0.15, 0.1], atol=0.015)
+    assert script.clusters_text([2, 1, 1]) == "3 random clusters with shares 50% / 25% / 25%"
+    with pytest.raises(SystemExit):
+        script.main(["--cluster-shares", "1", "--sections", "auto"])
+    with pytest.raises(SystemExit):
+        script.main(["--cluster-shares", "1", "0", "--sections", "auto"])
+
+
+def test_the_matmul_reference_times_batched_blocks_as_batched_products(script, monkeypatch):
+    """A (rows, in, out, blocks) shape is one baddbmm + two bmm over [blocks, rows, ...], with its FLOPs."""
+    import torch
+
+    calls = []
+    for name in ("baddbmm", "bmm"):
+        real = getattr(torch, name)
+        monkeypatch.setattr(torch, name, lambda *a, _real=real, _name=name: calls.append(
+            (_name, tuple(a[-2].shape), tuple(a[-1].shape))) or _real(*a))
+    ref = script.MatmulReference([(30, 50, 128, 4), (120, 128, 64)], torch)
+    assert ref.flops_per_step == 6.0 * (4 * 30 * 50 * 128 + 120 * 128 * 64)
+    assert calls == [("baddbmm", (4, 30, 50), (4, 50, 128)), ("bmm", (4, 30, 128), (4, 128, 50)),
+                     ("bmm", (4, 50, 30), (4, 30, 128))]
+    ref.run(0.01, blocks=1)
+    assert len(ref.rates) == 1 and ref.gflops() > 0
 
 
 def test_the_share_is_also_judged_against_the_products_as_run(script, monkeypatch, tmp_path):
@@ -155,7 +186,7 @@ def test_the_share_is_also_judged_against_the_products_as_run(script, monkeypatc
     lines = {f: _target_line(text, f) for f in ("vae", "cissvae")}
     # 30 of 100 GFLOP/s against whole batches; 30 of 60 against the segment products.
     assert "CPU time 30.0% -> NOT met at the default" in lines["cissvae"]
-    assert "against the products as run (one per cluster segment or block): wall 50.0%, CPU time 50.0% -> met" in lines[
+    assert "against the products as run (one per cluster segment, or batched over padded blocks): wall 50.0%, CPU time 50.0% -> met" in lines[
         "cissvae"]
     # All-shared families multiply whole batches: one verdict.
     assert "products as run" not in lines["vae"] and "NOT met" in lines["vae"]
@@ -179,7 +210,7 @@ def test_repeated_default_batch_runs_are_judged_on_their_median(script, monkeypa
     line = _target_line(text, "cissvae")
     assert "median 45.0% of 3 alternating runs (30%, 45%, 50%; wall) -> met" in line, line
     # Against the segment products (80 GFLOP/s): 38 / 56 / 62 %, median 56 %.
-    assert "products as run (one per cluster segment or block): median 56.2% of 3 alternating runs" in line, line
+    assert "products as run (one per cluster segment, or batched over padded blocks): median 56.2% of 3 alternating runs" in line, line
     vae = _target_line(text, "vae")
     assert "median 20.0% of 3 alternating runs (20%, 20%, 20%; wall) -> NOT met" in vae
 
@@ -206,7 +237,7 @@ def test_repeated_fixed_batch_runs_alternate_and_are_judged_on_their_median(scri
     cissvae = _target_line(text, "cissvae")
     # Whole batches: 20 %; the segment products (40 GFLOP/s): 50 %.
     assert "batch 2048: median 20.0% of 3 alternating runs (20%, 20%, 20%; wall) -> NOT met" in cissvae, cissvae
-    assert "products as run (one per cluster segment or block): median 50.0% of 3 alternating runs" in cissvae, cissvae
+    assert "products as run (one per cluster segment, or batched over padded blocks): median 50.0% of 3 alternating runs" in cissvae, cissvae
 
 
 def test_a_single_fixed_batch_run_names_its_basis(script, monkeypatch, tmp_path):
