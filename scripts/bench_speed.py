@@ -563,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
                              "another), and report each run and the medians (default 1). The machine's speed "
                              "drifts between child processes; alternating puts every side under the same drift.")
     parser.add_argument("--cluster-shares", type=float, nargs="+", default=None, metavar="SHARE",
-                        help=f"draw the rows' cluster labels with these relative frequencies, one per cluster "
+                        help="draw the rows' cluster labels with these relative frequencies, one per cluster "
                              f"(e.g. 0.5 0.25 0.15 0.1), instead of {N_CLUSTERS} equally likely clusters. Clusters of "
                              "unequal size train CISS-VAE's cluster-specific layers one product per cluster "
                              "segment instead of in padded blocks")
@@ -739,7 +739,8 @@ def _as_run_verdict(runs: list[dict[str, Any]], judged: Callable[[float, float],
     ratios = [_as_run_ratios(r) for r in runs]
     if any(x is None for x in ratios) or all(r["run_linear_shapes"] == r["linear_shapes"] for r in runs):
         return ""
-    return "; against the products as run (one per cluster segment, or batched over padded blocks): " + _verdict(ratios, judged, basis)
+    label = "; against the products as run (one per cluster segment, or batched over padded blocks): "
+    return label + _verdict(ratios, judged, basis)
 
 
 def _as_run_cells(r: dict[str, Any]) -> str:
