@@ -38,7 +38,7 @@ What is measured
   FLOPs counted are the real rows' only (``useful_rows``): padding rows are work
   done, not work wanted.
 * **Cluster-specific vs shared**: ``cissvae`` with every layer unshared against
-  every layer shared (4 clusters, default widths).
+  every layer shared (4 clusters, default widths, the default batch size).
 * **CISS-VAE package**: ``train_vae_initial`` of the ``ciss-vae`` package, run by
   the interpreter given in ``--cissvae-python`` (a separate venv), against our
   ``cissvae`` with the package's default architecture and optimiser settings
@@ -558,9 +558,10 @@ def main(argv: list[str] | None = None) -> int:
                              "products under torch.autocast, float32 weights). The matmul reference and the "
                              "package stay float32.")
     parser.add_argument("--repeats", type=int, default=1,
-                        help="run the package comparison and the family tables (fixed and default batch) this "
-                             "many times, the children alternating (ours and the package's; one family after "
-                             "another), and report each run and the medians (default 1). The machine's speed "
+                        help="run the package comparison, the family tables (fixed and default batch) and the "
+                             "shared vs unshared layers this many times, the children alternating (ours and the "
+                             "package's; one family after another; shared, unshared), and report each run and the "
+                             "medians (default 1). The machine's speed "
                              "drifts between child processes; alternating puts every side under the same drift.")
     parser.add_argument("--cluster-shares", type=float, nargs="+", default=None, metavar="SHARE",
                         help="draw the rows' cluster labels with these relative frequencies, one per cluster "
@@ -634,12 +635,14 @@ def main(argv: list[str] | None = None) -> int:
                                  {**ours(fam, n, batch_size=batch_size), "repeat": repeat}))
     if "layers" in args.sections:
         for n in rows:
-            for kind, shared in (("shared", True), ("unshared", False)):
-                order = ["shared" if shared else "unshared"] * 2
-                params = {"layer_order_enc": order, "layer_order_dec": order,
-                          "latent_shared": shared, "output_shared": shared}
-                plan.append((f"layers-{kind}", f"cissvae all {kind} {fmt_rows(n)}", py,
-                             ours("cissvae", n, params=params, reference=False)))
+            for repeat in range(args.repeats):
+                for kind, shared in (("shared", True), ("unshared", False)):
+                    order = ["shared" if shared else "unshared"] * 2
+                    params = {"layer_order_enc": order, "layer_order_dec": order,
+                              "latent_shared": shared, "output_shared": shared}
+                    plan.append((f"layers-{kind}", f"cissvae all {kind} {fmt_rows(n)}{run_tag(repeat)}", py,
+                                 {**ours("cissvae", n, params=params, batch_size="auto", reference=False),
+                                  "repeat": repeat}))
     pkg_params, pkg_train = package_settings()
     for n in package_rows if "package" in args.sections else ():
         for repeat in range(args.repeats):
@@ -797,9 +800,10 @@ def render(args: argparse.Namespace, argv: list[str] | None, info: dict[str, Any
             "(importance samples included). matmul GFLOP/s: plain addmm + 2 mm of the same shapes, same "
             "process. ratio = GFLOP/s / matmul GFLOP/s. The CPU columns repeat this with the process's CPU "
             "time instead of wall-clock time (the load-robust figure on a shared machine). *As run*: the "
-            "reference timed on the products the layers actually run, one per cluster's row segment in a "
-            "cluster-specific layer (the other reference times those layers on the whole batch, which is "
-            "faster); the same as the other for families whose layers are all shared.",
+            "reference timed on the products the layers actually run: in a cluster-specific layer one per "
+            "cluster's row segment, or one batched product over padded cluster blocks (the other reference "
+            "times those layers as one product over the whole batch); the same as the other for families "
+            "whose layers are all shared.",
             "",
         ]
 
@@ -826,19 +830,28 @@ def render(args: argparse.Namespace, argv: list[str] | None, info: dict[str, Any
         lines += [
             f"## cissvae: cluster-specific vs shared layers ({clusters_text(args.cluster_shares)}, default widths)",
             "",
-            "| rows | all shared s / epoch | all unshared s / epoch | unshared / shared "
+            "| rows | batch | all shared s / epoch | all unshared s / epoch | unshared / shared "
             "| CPU s / epoch: shared / unshared | CPU unshared / shared |",
-            "|---:|---:|---:|---:|---|---:|",
+            "|---:|---:|---:|---:|---:|---|---:|",
         ]
+        ratios: dict[int, list[float]] = {}
         for (spec, rs), (_, ru) in zip(shared, unshared):
+            label = f"{spec['rows']:,}" + (f" (run {spec['repeat'] + 1})" if args.repeats > 1 else "")
             if "error" in rs or "error" in ru:
-                lines.append(f"| {spec['rows']:,} | {rs.get('error', '')} | {ru.get('error', '')} | |")
+                lines.append(f"| {label} | | {rs.get('error', '')} | {ru.get('error', '')} | |")
                 continue
-            lines.append(f"| {spec['rows']:,} | {rs['epoch_seconds']:.2f} | {ru['epoch_seconds']:.2f} "
-                         f"| {ru['epoch_seconds'] / rs['epoch_seconds']:.2f}x "
+            ratio = ru["epoch_seconds"] / rs["epoch_seconds"]
+            ratios.setdefault(spec["rows"], []).append(ratio)
+            lines.append(f"| {label} | {rs.get('batch_size_used', spec['batch_size'])} "
+                         f"| {rs['epoch_seconds']:.2f} | {ru['epoch_seconds']:.2f} | {ratio:.2f}x "
                          f"| {rs['cpu_epoch_seconds']:.2f} / {ru['cpu_epoch_seconds']:.2f} "
                          f"| {ru['cpu_epoch_seconds'] / rs['cpu_epoch_seconds']:.2f}x |")
         lines.append("")
+        if args.repeats > 1:
+            for n, values in ratios.items():
+                lines.append(f"Median unshared / shared at {n:,} rows over {len(values)} alternating runs: "
+                             f"**{statistics.median(values):.2f}x** (wall).")
+            lines.append("")
 
     # ---- package comparison
     val1, val0, theirs = by("pkg-ours-val1"), by("pkg-ours-val0"), by("pkg-theirs")

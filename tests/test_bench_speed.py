@@ -254,3 +254,43 @@ def test_a_single_fixed_batch_run_names_its_basis(script, monkeypatch, tmp_path)
     line = _target_line(out.read_text(), "vae")
     # One thread: judged on CPU time (35 %), not the wall clock (45 %).
     assert "batch 256: wall 45.0%, CPU time 35.0% -> NOT met (CPU time); default batch not measured" in line, line
+
+
+def test_the_layers_section_compares_unshared_with_shared_at_the_default_batch(script, monkeypatch, tmp_path):
+    specs = []
+
+    def fake_child(python, spec, threads):
+        specs.append(spec)
+        unshared = spec["params"]["latent_shared"] is False
+        return _ours(epoch_seconds=1.5 if unshared else 1.0, cpu_epoch_seconds=3.0 if unshared else 2.0)
+
+    monkeypatch.setattr(script, "run_child", fake_child)
+    out = tmp_path / "layers.md"
+    assert script.main(["--rows", "100000", "--sections", "layers", "--memory-rows", "0",
+                        "--cluster-shares", "2", "1", "1", "--out", str(out)]) == 0
+    assert [s["batch_size"] for s in specs] == ["auto", "auto"]
+    assert [s["cluster_shares"] for s in specs] == [[2.0, 1.0, 1.0]] * 2
+    assert [s["params"]["layer_order_enc"] for s in specs] == [["shared"] * 2, ["unshared"] * 2]
+    text = out.read_text()
+    assert "3 random clusters with shares 50% / 25% / 25%, default widths" in text
+    assert "| 100,000 | 1000 | 1.00 | 1.50 | 1.50x | 2.00 / 3.00 | 1.50x |" in text
+
+
+def test_repeated_layers_runs_alternate_and_report_the_median_ratio(script, monkeypatch, tmp_path):
+    specs = []
+    unshared_seconds = [1.2, 1.5, 1.3]  # against 1 s shared: ratios 1.2, 1.5, 1.3 -> median 1.3
+
+    def fake_child(python, spec, threads):
+        specs.append(spec)
+        s = unshared_seconds[spec["repeat"]] if spec["params"]["latent_shared"] is False else 1.0
+        return _ours(epoch_seconds=s, cpu_epoch_seconds=s)
+
+    monkeypatch.setattr(script, "run_child", fake_child)
+    out = tmp_path / "layers.md"
+    assert script.main(["--rows", "100000", "--sections", "layers", "--memory-rows", "0", "--repeats", "3",
+                        "--out", str(out)]) == 0
+    assert [(s["repeat"], s["params"]["latent_shared"]) for s in specs] == [
+        (0, True), (0, False), (1, True), (1, False), (2, True), (2, False)]
+    text = out.read_text()
+    assert "| 100,000 (run 2) | 1000 | 1.00 | 1.50 | 1.50x |" in text
+    assert "Median unshared / shared at 100,000 rows over 3 alternating runs: **1.30x** (wall)." in text
