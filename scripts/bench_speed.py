@@ -694,9 +694,14 @@ def _cpu_cells(spec: dict[str, Any], rp: dict[str, Any] | None, r1: dict[str, An
             f"{fmt(r0.get('cpu_matmul_gflops'), '.1f')}")
 
 
+def _run_suffix(spec: dict[str, Any], runs: int) -> str:
+    """`` (run k)`` after a table row's first cell when the report repeats its cases, else nothing."""
+    return f" (run {spec.get('repeat', 0) + 1})" if runs > 1 else ""
+
+
 def _family_row(spec: dict[str, Any], r: dict[str, Any], batch: bool = False, runs: int = 1) -> str:
     """One row of a family table (with the resolved batch size when ``batch``; the run when ``runs`` > 1)."""
-    run = f" (run {spec.get('repeat', 0) + 1})" if runs > 1 else ""
+    run = _run_suffix(spec, runs)
     head = f"| {spec['family']}{run} | {spec['rows']:,} |"
     if batch:
         head += f" {spec['batch_size']!s} -> {r.get('batch_size_used', '?')} |"
@@ -836,7 +841,7 @@ def render(args: argparse.Namespace, argv: list[str] | None, info: dict[str, Any
         ]
         ratios: dict[int, list[float]] = {}
         for (spec, rs), (_, ru) in zip(shared, unshared):
-            label = f"{spec['rows']:,}" + (f" (run {spec['repeat'] + 1})" if args.repeats > 1 else "")
+            label = f"{spec['rows']:,}{_run_suffix(spec, args.repeats)}"
             if "error" in rs or "error" in ru:
                 lines.append(f"| {label} | | {rs.get('error', '')} | {ru.get('error', '')} | |")
                 continue
@@ -884,9 +889,8 @@ def render(args: argparse.Namespace, argv: list[str] | None, info: dict[str, Any
             pkg_gflops = r0["gflop_per_epoch"] / pkg if pkg and e0 else None
             pkg_cell = "not run (no --cissvae-python)" if rp is None else (
                 f"error: {rp['error']}" if "error" in rp else f"{pkg:.2f}")
-            run = f" (run {spec.get('repeat', 0) + 1})" if args.repeats > 1 else ""
             lines.append(
-                f"| {spec['rows']:,}{run} | {pkg_cell} | {fmt(e1)} | {fmt(sp1, '.1f')}x | {fmt(e0)} | {fmt(sp0, '.1f')}x "
+                f"| {spec['rows']:,}{_run_suffix(spec, args.repeats)} | {pkg_cell} | {fmt(e1)} | {fmt(sp1, '.1f')}x | {fmt(e0)} | {fmt(sp0, '.1f')}x "
                 f"| {fmt(pkg_gflops, '.1f')} | {fmt(r0.get('gflops'), '.1f')} | {fmt(r0.get('matmul_gflops'), '.1f')} "
                 f"| {fmt(ratio, '.0%')} | {fmt(rp.get('peak_rss_mb') if rp else None, ',.0f')} "
                 f"| {_cpu_cells(spec, rp, r1, r0)} |"
